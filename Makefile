@@ -1,0 +1,48 @@
+# Two commands for a new user: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN_DIR ?= runs/demo
+DATA_DIR ?= data/synthetic
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint format bench bench-quick browser clean
+
+venv: $(STAMP)
+
+# Reinstall whenever pyproject.toml (the one dependency list) changes.
+$(STAMP): pyproject.toml
+	@echo ">> creating/refreshing $(VENV) (first run installs torch & co: a few minutes)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+demo: venv
+	@echo ">> demo: synthetic Carvana -> EDA -> split -> train demo members -> ensemble -> submission"
+	$(PY) -m kaggle_utils.pipeline params/demo/ensemble.yaml --data-dir $(DATA_DIR) --run-dir $(RUN_DIR) --make-synthetic
+
+browser:
+	@bash scripts/install_browser.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: venv browser lint
+	@echo ">> running the test suite"
+	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+
+bench: venv
+	@for b in bench/bench_*.py; do echo ">> $$b"; $(PY) $$b || exit 1; done
+
+bench-quick: venv
+	@for b in bench/bench_*.py; do echo ">> $$b --quick"; $(PY) $$b --quick || exit 1; done
+
+clean:
+	rm -rf build runs test-artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,169 @@
+"""K folds grouped by car: all 16 angles of a car land in one fold, so validation never sees a
+training car from another angle (the seed project's validation overlapped its training set).
+
+Cars are dealt round-robin to folds after sorting them by stratum (make, or mask-area bucket) and a
+seeded shuffle, which balances every stratum across folds to within one car and the fold sizes to
+within one car overall. Each car carries one label, so this matches what a stratified group k-fold
+optimises, without another dependency.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+STRATIFY = ("make", "coverage", None)
+FOLD_COLUMNS = ["id", "car", "fold"]
+
+
+def coverage_buckets(car_coverage: pd.Series, n_buckets: int = 5) -> pd.Series:
+    """Quantile buckets of per-car mean mask coverage (car fraction of the image), labelled 0..B-1."""
+    n_buckets = max(1, min(n_buckets, car_coverage.nunique()))
+    if n_buckets == 1:
+        return pd.Series(0, index=car_coverage.index)
+    # rank first so that ties cannot collapse quantile edges
+    ranks = car_coverage.rank(method="first")
+    return pd.qcut(ranks, n_buckets, labels=False).astype(int)
+
+
+def _car_strata(index: pd.DataFrame, stratify: str | None, n_folds: int) -> pd.Series:
+    """One stratum label per car."""
+    cars = index.groupby("car", sort=True)
+    if stratify is None:
+        return pd.Series("all", index=sorted(index["car"].unique()))
+    if stratify == "make":
+        if "make" not in index.columns:
+            raise ValueError(
+                "stratify='make' needs a 'make' column in the index (from metadata.csv)"
+            )
+        make = cars["make"].first()
+        return make.fillna("unknown").astype(str)
+    if stratify == "coverage":
+        if "coverage" not in index.columns:
+            raise ValueError(
+                "stratify='coverage' needs a 'coverage' column in the index "
+                "(add it with kaggle_utils.eda.with_coverage(data, index))"
+            )
+        cov = cars["coverage"].mean()
+        if cov.isna().any():
+            missing = list(cov.index[cov.isna()])[:5]
+            raise ValueError(f"stratify='coverage': no coverage for cars {missing}")
+        n_buckets = max(1, min(5, len(cov) // n_folds))
+        return coverage_buckets(cov, n_buckets).astype(str)
+    raise ValueError(f"stratify must be one of {STRATIFY}, got {stratify!r}")
+
+
+def folds_by_car(
+    index: pd.DataFrame,
+    n_folds: int = 5,
+    stratify: str | None = "make",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Assign every image to a fold so that each car's images share one fold.
+
+    ``index`` needs ``id`` and ``car`` columns (plus ``make`` or ``coverage`` when stratifying on
+    them). Returns a DataFrame ``id, car, fold`` in the index's order.
+    """
+    missing = [c for c in ("id", "car") if c not in index.columns]
+    if missing:
+        raise ValueError(f"index lacks columns {missing}; it has {list(index.columns)}")
+    dup = index["id"][index["id"].duplicated()]
+    if len(dup):
+        raise ValueError(f"index has duplicate image ids, e.g. {list(dup.unique()[:5])}")
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+    n_cars = index["car"].nunique()
+    if n_cars < n_folds:
+        raise ValueError(f"{n_cars} cars cannot fill {n_folds} folds (each car goes to one fold)")
+
+    strata = _car_strata(index, stratify, n_folds)
+    rng = np.random.default_rng(seed)
+    cars = pd.DataFrame({"car": strata.index, "stratum": strata.to_numpy()})
+    cars["order"] = rng.permutation(len(cars))
+    # biggest strata first so the rare ones fill the gaps; seeded order inside each stratum
+    size = cars.groupby("stratum")["car"].transform("size")
+    stratum_rank = rng.permutation(cars["stratum"].nunique())
+    rank = dict(zip(sorted(cars["stratum"].unique()), stratum_rank, strict=True))
+    cars["srank"] = cars["stratum"].map(rank)
+    cars = cars.assign(size=size).sort_values(
+        ["size", "srank", "order"], ascending=[False, True, True]
+    )
+    # rotate fold numbering by seed so fold 0 is not always the largest
+    start = int(rng.integers(n_folds))
+    car_fold = dict(zip(cars["car"], (np.arange(len(cars)) + start) % n_folds, strict=True))
+
+    out = index[["id", "car"]].copy().reset_index(drop=True)
+    out["fold"] = out["car"].map(car_fold).astype(int)
+    return out
+
+
+def check_folds(folds: pd.DataFrame, source: str = "folds") -> pd.DataFrame:
+    """Raise ValueError unless ``folds`` is a valid split: columns id,car,fold, unique ids, integer
+    folds, and no car in two folds (the error names the cars)."""
+    missing = [c for c in FOLD_COLUMNS if c not in folds.columns]
+    if missing:
+        raise ValueError(f"{source}: missing columns {missing}; has {list(folds.columns)}")
+    fold = pd.to_numeric(folds["fold"], errors="coerce")
+    bad = folds.loc[fold.isna() | (fold % 1 != 0), "id"]
+    if len(bad):
+        raise ValueError(f"{source}: fold must be an integer; bad rows e.g. {list(bad[:5])}")
+    if (fold < 0).any():
+        raise ValueError(f"{source}: negative fold numbers")
+    dup = folds["id"][folds["id"].duplicated()]
+    if len(dup):
+        raise ValueError(f"{source}: image ids listed twice, e.g. {list(dup.unique()[:5])}")
+    per_car = folds.groupby("car")["fold"].nunique()
+    leaking = per_car[per_car > 1]
+    if len(leaking):
+        detail = ", ".join(
+            f"{car} in folds {sorted(folds.loc[folds['car'] == car, 'fold'].unique().tolist())}"
+            for car in leaking.index[:10]
+        )
+        more = f" (and {len(leaking) - 10} more)" if len(leaking) > 10 else ""
+        raise ValueError(
+            f"{source}: {len(leaking)} car(s) appear in more than one fold, "
+            f"which would leak validation into training: {detail}{more}"
+        )
+    return folds
+
+
+def save_folds(folds: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``id,car,fold`` atomically; refuse a split where a car appears in two folds."""
+    from kaggle_utils.checkpoint import atomic_write_text
+
+    path = Path(path)
+    check_folds(folds, source=f"refusing to write {path}")
+    out = folds[FOLD_COLUMNS].copy()
+    out["fold"] = out["fold"].astype(int)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, out.to_csv(index=False))
+    return path
+
+
+def load_folds(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a folds.csv and validate it the same way ``save_folds`` does."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no folds file (run 02_split first)")
+    folds = pd.read_csv(path, dtype={"id": str, "car": str})
+    check_folds(folds, source=str(path))
+    folds["fold"] = folds["fold"].astype(int)
+    return folds
+
+
+def fold_summary(folds: pd.DataFrame, index: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per fold: images, cars, and (when the index has them) distinct makes and mean coverage."""
+    df = folds
+    if index is not None:
+        extra = [c for c in ("make", "coverage") if c in index.columns]
+        df = folds.merge(index[["id", *extra]], on="id", how="left")
+    g = df.groupby("fold")
+    table = pd.DataFrame({"images": g["id"].size(), "cars": g["car"].nunique()})
+    if "make" in df.columns:
+        table["makes"] = g["make"].nunique()
+    if "coverage" in df.columns:
+        table["coverage_mean"] = g["coverage"].mean()
+    return table

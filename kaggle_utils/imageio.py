@@ -1,0 +1,137 @@
+"""Decode competition files from bytes: JPEGs at a target size (reduced DCT decode), GIF masks.
+
+Decoding a 1918x1280 JPEG in full and then shrinking it wastes most of the work when training at
+1024 or below: libjpeg can scale by 1/2, 1/4 or 1/8 inside the inverse DCT (OpenCV's
+``IMREAD_REDUCED_COLOR_*``), which is several times faster. We take the largest such factor that
+keeps the decoded image at least as large as the target in both dimensions (so we never upsample a
+reduced image), then ``cv2.resize`` (INTER_AREA) to exactly the requested (H, W).
+"""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image
+
+# libjpeg scale factor -> OpenCV flag (reduced decodes always return 3-channel BGR). EXIF
+# orientation is ignored: masks and RLE refer to the pixels as stored, and the header size we
+# compare against is the stored one too.
+_NO_EXIF = cv2.IMREAD_IGNORE_ORIENTATION
+_REDUCED_FLAGS = {
+    8: cv2.IMREAD_REDUCED_COLOR_8 | _NO_EXIF,
+    4: cv2.IMREAD_REDUCED_COLOR_4 | _NO_EXIF,
+    2: cv2.IMREAD_REDUCED_COLOR_2 | _NO_EXIF,
+    1: cv2.IMREAD_COLOR | _NO_EXIF,
+}
+
+
+def _label(name: str | None) -> str:
+    return name if name else "<bytes>"
+
+
+def jpeg_size(data: bytes, name: str | None = None) -> tuple[int, int]:
+    """(H, W) of a JPEG from its header only (PIL parses lazily: ~30 µs, no pixel decode)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except Exception as exc:  # PIL raises several types for garbage input
+        raise ValueError(f"cannot read image header of {_label(name)}: {exc}") from exc
+    return h, w
+
+
+def reduction_factor(src_hw: tuple[int, int], size: tuple[int, int] | None) -> int:
+    """Largest libjpeg scale 1/r (r in 8, 4, 2, 1) whose output still covers ``size`` in both dims.
+
+    libjpeg rounds scaled dimensions up (ceil(W / r)), so a 1918x1280 image at r=8 is 240x160.
+    """
+    if size is None:
+        return 1
+    h, w = src_hw
+    th, tw = size
+    for r in (8, 4, 2):
+        if -(-h // r) >= th and -(-w // r) >= tw:
+            return r
+    return 1
+
+
+def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if len(size) != 2 or int(size[0]) < 1 or int(size[1]) < 1:
+        raise ValueError(f"size must be (H, W) with positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def decode_jpeg(
+    data: bytes, size: tuple[int, int] | None = None, name: str | None = None
+) -> np.ndarray:
+    """Decode JPEG bytes to RGB uint8 (H, W, 3), exactly ``size`` (H, W) when given.
+
+    Uses reduced DCT decoding whenever the target allows it without upsampling, then INTER_AREA.
+    ``name`` only labels errors.
+    """
+    size = _check_size(size)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    r = reduction_factor(jpeg_size(data, name), size) if size is not None else 1
+    bgr = cv2.imdecode(buf, _REDUCED_FLAGS[r])
+    if bgr is None:
+        raise ValueError(f"cannot decode JPEG {_label(name)} ({len(data)} bytes)")
+    if size is not None and bgr.shape[:2] != size:
+        # INTER_AREA is the right filter for shrinking; for a (rare) enlargement it falls back
+        # to bilinear-like behaviour, which is what we want too.
+        bgr = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_jpeg_full(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The baseline: full-size decode then resize. Kept for benchmarks and tests."""
+    size = _check_size(size)
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCED_FLAGS[1])
+    if bgr is None:
+        raise ValueError(f"cannot decode JPEG ({len(data)} bytes)")
+    if size is not None and bgr.shape[:2] != size:
+        bgr = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_mask_gif(data: bytes, name: str | None = None) -> np.ndarray:
+    """Decode a GIF (or PNG) mask to uint8 {0, 1}: whatever is drawn (nonzero) is the object.
+
+    Carvana's GIFs are palette images with indices {0, 1} (black, white). We map indices through
+    the palette, so masks saved as 0/255 or with a reordered palette decode the same way.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.seek(0)
+            if im.mode == "P":
+                idx = np.asarray(im)
+                lut = np.arange(256) != 0  # indices without a palette entry: nonzero -> object
+                pal = im.getpalette() or []
+                colours = np.asarray(pal[: (len(pal) // 3) * 3], dtype=np.uint8).reshape(-1, 3)
+                lut[: len(colours)] = colours.any(axis=1)
+                return lut.astype(np.uint8)[idx]
+            arr = np.asarray(im.convert("L"))
+    except Exception as exc:
+        raise ValueError(f"cannot decode mask {_label(name)}: {exc}") from exc
+    return (arr != 0).astype(np.uint8)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """RGB uint8 -> JPEG bytes (used by the synthetic generator)."""
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    )
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def encode_mask_gif(mask: np.ndarray) -> bytes:
+    """uint8 {0,1} mask -> palette GIF with indices {0, 1} (black, white), as Carvana ships them."""
+    im = Image.fromarray((np.asarray(mask) != 0).astype(np.uint8), mode="P")
+    im.putpalette([0, 0, 0, 255, 255, 255])
+    out = io.BytesIO()
+    im.save(out, format="GIF", optimize=False)
+    return out.getvalue()

@@ -1,0 +1,538 @@
+"""Kernel bundles: the workflow's notebooks with their parameters baked in, one folder per kernel.
+
+For an ensemble file the build writes, under `out` (default build/kernels):
+
+    _package/                 the helper package as a Kaggle dataset: the kaggle_utils wheel,
+                              dataset-metadata.json and the ensemble's parameter files (flattened,
+                              e.g. demo__m1.yaml) so kernels read the very YAML a local run reads
+    <prefix>-01-eda/          one folder per kernel: <slug>.ipynb + kernel-metadata.json
+    <prefix>-02-split/
+    <prefix>-04-<member>-f<fold>/   (or, with per_stage, <prefix>-03-<member>-f<fold>-s<k>/ chained)
+    <prefix>-05-ensemble/
+    <prefix>-06-submit/
+
+Notebooks are parameterised with papermill's own prepare-only path (`execute_notebook(...,
+prepare_only=True)`), so a kernel runs exactly what `papermill` would run locally with the same
+parameters. Inside the kernel: `data_dir=None` finds the competition mount, a relative `run_dir`
+lands in /kaggle/working, and results of upstream kernels (kernel_sources) are found under
+/kaggle/input (see `kaggle_utils.environment`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kaggle_utils.kernels.validate import (
+    DATASET_METADATA_FILE,
+    KERNEL_METADATA_FILE,
+    OWNER_RE,
+    SLUG_RE,
+    BundleError,
+    dataset_problems,
+    kernel_problems,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+COMPETITION = "carvana-image-masking-challenge"
+PACKAGE_DATASET = "kaggle-utils-wheel"
+PACKAGE_DIR = "_package"
+KAGGLE_INPUT = "/kaggle/input"
+
+NOTEBOOKS = {
+    "01": "01_eda.ipynb",
+    "02": "02_split.ipynb",
+    "03": "03_train_member.ipynb",
+    "04": "04_stage_up.ipynb",
+    "05": "05_ensemble.ipynb",
+    "06": "06_submit.ipynb",
+}
+# training, and the notebooks that run the trained models (05 re-predicts validation images with
+# TTA to tune weights and threshold; 06 predicts the test set)
+GPU_STEPS = {"03", "04", "05", "06"}
+TRAIN_STEPS = {"03", "04"}
+
+__all__ = [
+    "COMPETITION",
+    "PACKAGE_DATASET",
+    "PACKAGE_DIR",
+    "KernelSpec",
+    "KernelPlan",
+    "plan_kernels",
+    "build_kernels",
+    "build_package",
+    "kernel_metadata",
+]
+
+
+@dataclass
+class KernelSpec:
+    """One Kaggle kernel: which notebook, with which parameters, reading which upstream kernels."""
+
+    slug: str
+    step: str
+    parameters: dict[str, Any]
+    upstream: list[str] = field(default_factory=list)  # slugs of kernels whose output it reads
+    datasets: list[str] = field(default_factory=list)  # extra owner/slug datasets (weights)
+    internet: bool = False
+
+    @property
+    def notebook(self) -> str:
+        return NOTEBOOKS[self.step]
+
+    @property
+    def gpu(self) -> bool:
+        return self.step in GPU_STEPS
+
+    @property
+    def title(self) -> str:
+        """A title that Kaggle resolves back to exactly this slug."""
+        return " ".join(w.upper() if w == "eda" else w.capitalize() for w in self.slug.split("-"))
+
+
+@dataclass
+class KernelPlan:
+    """Every kernel of one ensemble, upstream first, plus the parameter files they read."""
+
+    ensemble: str
+    prefix: str
+    kernels: list[KernelSpec]
+    params_files: dict[str, str]  # flat file name in the package dataset -> YAML text
+    warnings: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = []
+        for k in self.kernels:
+            flags = ", ".join(f for f, on in (("gpu", k.gpu), ("internet", k.internet)) if on)
+            lines.append(f"{k.slug:<42} {k.notebook}{f'  [{flags}]' if flags else ''}")
+            lines += [f"    {name} = {value!r}" for name, value in k.parameters.items()]
+            if k.upstream:
+                lines.append(f"    reads: {', '.join(k.upstream)}")
+        return "\n".join(lines)
+
+
+def _slug(text: str) -> str:
+    from slugify import slugify
+
+    return slugify(str(text))
+
+
+def _params_root(ensemble_path: Path) -> Path:
+    """The nearest enclosing folder named `params` (names of shipped files are relative to it)."""
+    for parent in ensemble_path.parents:
+        if parent.name == "params":
+            return parent
+    return ensemble_path.parent
+
+
+def _flat_name(path: Path, root: Path, what: str) -> str:
+    try:
+        rel = path.resolve().relative_to(root.resolve())
+    except ValueError:
+        raise ValueError(
+            f"{what} {path} lies outside the params folder {root}: move it there"
+        ) from None
+    return "__".join(rel.parts)
+
+
+def _relative_run_dir(ens: Any) -> str:
+    """The ensemble's run folder as a relative path (it lands in /kaggle/working on Kaggle)."""
+    run_dir = ens.run_dir
+    if not run_dir or Path(run_dir).is_absolute():
+        return f"runs/{ens.name}"
+    return Path(run_dir).as_posix()
+
+
+@contextlib.contextmanager
+def _quiet_papermill() -> Iterator[None]:
+    """papermill warns about comment lines it cannot parse in a parameters cell; not our news."""
+    logger = logging.getLogger("papermill")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _declared_parameters(notebook: Path) -> dict[str, Any]:
+    import papermill as pm
+
+    if not notebook.is_file():
+        raise FileNotFoundError(f"notebook not found: {notebook}")
+    with _quiet_papermill():
+        return pm.inspect_notebook(str(notebook))
+
+
+def plan_kernels(
+    ensemble_file: str | os.PathLike,
+    *,
+    prefix: str | None = None,
+    per_stage: bool = False,
+    datasets: Sequence[str] = (),
+    internet: bool = False,
+    package_dataset: str = PACKAGE_DATASET,
+    kaggle_input: str = KAGGLE_INPUT,
+) -> KernelPlan:
+    """The kernels for one ensemble file: 01, 02, one training kernel per member and fold (04, or
+    one 03 per stage with `per_stage`, each starting from the previous stage's best.pt), 05, 06."""
+    from kaggle_utils.config import load_ensemble, load_member
+    from kaggle_utils.train import stage_dir_for
+
+    ensemble_path = Path(ensemble_file).resolve()
+    ens = load_ensemble(ensemble_path)
+    root = _params_root(ensemble_path)
+    member_paths = [(ensemble_path.parent / m).resolve() for m in ens.members]
+    members = [load_member(p) for p in member_paths]
+
+    prefix = _slug(prefix) if prefix else _slug(ens.name)
+    if "carvana" not in prefix:
+        prefix = f"carvana-{prefix}"
+    if not SLUG_RE.match(prefix):
+        raise ValueError(f"kernel prefix {prefix!r} must be lowercase words joined by hyphens")
+
+    # Parameter files travel in the package dataset, flattened; the ensemble's member list points
+    # at the flattened names, and its local data folder is dropped (on Kaggle: the competition).
+    files: dict[str, str] = {}
+    ens_raw = yaml.safe_load(ensemble_path.read_text())
+    flat_members = [_flat_name(p, root, "member file") for p in member_paths]
+    ens_raw = {**ens_raw, "members": flat_members, "data_dir": None}
+    ens_raw.pop("synthetic", None)
+    if ens_raw.get("run_dir") and Path(ens_raw["run_dir"]).is_absolute():
+        ens_raw["run_dir"] = None
+    ens_flat = _flat_name(ensemble_path, root, "ensemble file")
+    header = (
+        f"# {ensemble_path.name} as shipped to Kaggle by kaggle_utils.kernels "
+        "(data_dir: the competition)\n"
+    )
+    files[ens_flat] = header + yaml.safe_dump(ens_raw, sort_keys=False)
+    for path, flat in zip(member_paths, flat_members, strict=True):
+        files[flat] = path.read_text()
+
+    def mount(slug: str) -> str:
+        """Where Kaggle mounts an attached dataset's files or a source kernel's output."""
+        return f"{kaggle_input.rstrip('/')}/{slug}"
+
+    def on_kaggle(flat: str) -> str:
+        return f"{mount(package_dataset)}/{flat}"
+
+    run_dir = _relative_run_dir(ens)
+    common: dict[str, Any] = {"data_dir": None, "run_dir": run_dir}
+    kernels: list[KernelSpec] = [KernelSpec(f"{prefix}-01-eda", "01", {"data_dir": None})]
+    # 02 gets what the local pipeline passes it (kaggle_utils.pipeline.build_plan)
+    split_params = dict(common)
+    for key in ("n_folds", "stratify", "seed"):
+        if hasattr(ens, key):
+            split_params[key] = getattr(ens, key)
+    split = KernelSpec(f"{prefix}-02-split", "02", split_params)
+    kernels.append(split)
+
+    warnings: list[str] = []
+    member_slugs: list[str] = []
+    for member, path, flat in zip(members, member_paths, flat_members, strict=True):
+        weights = member.model.get("encoder_weights")
+        kaggle_prefix = kaggle_input.rstrip("/") + "/"
+        if isinstance(weights, str) and weights.startswith(kaggle_prefix):
+            source = weights[len(kaggle_prefix) :].split("/")[0]
+            if not any(d.split("/")[-1] == source for d in datasets):
+                raise ValueError(
+                    f"{path}: key 'model.encoder_weights' reads {weights}: attach that dataset "
+                    f"with --dataset OWNER/{source}"
+                )
+        elif isinstance(weights, str) and Path(weights).is_absolute():
+            warnings.append(
+                f"{path}: model.encoder_weights={weights!r} is a local file, absent on Kaggle: "
+                "upload it as a dataset and point encoder_weights at /kaggle/input/SLUG/..."
+            )
+        elif isinstance(weights, str) and not internet:
+            warnings.append(
+                f"{path}: model.encoder_weights={weights!r} downloads at run time, but kernels "
+                "run without internet: point it at a weights dataset under /kaggle/input (and "
+                "pass --dataset OWNER/SLUG), or build with --internet"
+            )
+        folds = ens.folds
+        mslug = _slug(member.name)
+        for fold in folds:
+            base = {**common, "member_file": on_kaggle(flat), "fold": fold}
+            if not per_stage:
+                slug = f"{prefix}-04-{mslug}-f{fold}"
+                kernels.append(KernelSpec(slug, "04", base, [split.slug], list(datasets), internet))
+                member_slugs.append(slug)
+                continue
+            previous = None
+            for i in range(len(member.stages)):
+                params = {**base, "stage": i, "init_checkpoint": None}
+                upstream = [split.slug]
+                if previous is not None:
+                    # the previous stage's kernel output, mounted read-only under /kaggle/input
+                    rel = stage_dir_for(run_dir, member, i - 1, fold).as_posix()
+                    params["init_checkpoint"] = f"{mount(previous)}/{rel}/best.pt"
+                    upstream.append(previous)
+                slug = f"{prefix}-03-{mslug}-f{fold}-s{i + 1}"
+                kernels.append(KernelSpec(slug, "03", params, upstream, list(datasets), internet))
+                member_slugs.append(slug)
+                previous = slug
+
+    ens_params = {**common, "ensemble_file": on_kaggle(ens_flat)}
+    ensemble = KernelSpec(
+        f"{prefix}-05-ensemble", "05", dict(ens_params), [split.slug, *member_slugs]
+    )
+    kernels.append(ensemble)
+    kernels.append(
+        KernelSpec(f"{prefix}-06-submit", "06", dict(ens_params), [*member_slugs, ensemble.slug])
+    )
+
+    slugs = [k.slug for k in kernels]
+    duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
+    if duplicates:
+        raise ValueError(f"{ensemble_path}: member names give the same kernel slug: {duplicates}")
+    return KernelPlan(ens.name, prefix, kernels, files, warnings)
+
+
+def kernel_metadata(
+    spec: KernelSpec, owner: str, code_file: str, package_dataset: str = PACKAGE_DATASET
+) -> dict[str, Any]:
+    """kernel-metadata.json for one kernel (all fields stated, internet off unless asked)."""
+    return {
+        "id": f"{owner}/{spec.slug}",
+        "title": spec.title,
+        "code_file": code_file,
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": True,
+        "enable_gpu": spec.gpu,
+        "enable_tpu": False,
+        "enable_internet": spec.internet,
+        "dataset_sources": [f"{owner}/{package_dataset}", *spec.datasets],
+        "competition_sources": [COMPETITION],
+        "kernel_sources": [f"{owner}/{s}" for s in spec.upstream],
+        "model_sources": [],
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_parameters(kernels: Iterable[KernelSpec], notebook_dir: Path = NOTEBOOK_DIR) -> None:
+    """Every parameter a kernel injects is declared in its notebook's `parameters` cell (papermill
+    would inject an unknown name silently and the notebook would never read it)."""
+    problems = []
+    declared: dict[str, dict[str, Any]] = {}
+    for spec in kernels:
+        notebook = notebook_dir / spec.notebook
+        if spec.notebook not in declared:
+            declared[spec.notebook] = _declared_parameters(notebook)
+        unknown = [p for p in spec.parameters if p not in declared[spec.notebook]]
+        if unknown:
+            problems.append(
+                f"{notebook}: no parameter {', '.join(map(repr, unknown))} in its `parameters` "
+                f"cell (declared: {', '.join(declared[spec.notebook]) or 'none'}); "
+                f"kernel {spec.slug} needs it"
+            )
+    if problems:
+        raise ValueError("\n".join(dict.fromkeys(problems)))
+
+
+def write_kernel_bundle(
+    spec: KernelSpec,
+    owner: str,
+    out: Path,
+    *,
+    notebook_dir: Path = NOTEBOOK_DIR,
+    package_dataset: str = PACKAGE_DATASET,
+) -> Path:
+    """Parameterise the notebook (papermill prepare-only) and write the metadata; validate; then
+    move the finished folder into place so a failed build never leaves half a bundle."""
+    import nbformat
+    import papermill as pm
+
+    notebook = notebook_dir / spec.notebook
+    check_parameters([spec], notebook_dir)
+    final = out / spec.slug
+    tmp = out / f".{spec.slug}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    code_file = f"{spec.slug}.ipynb"
+    with _quiet_papermill():
+        nb = pm.execute_notebook(
+            str(notebook),
+            None,
+            parameters=spec.parameters,
+            prepare_only=True,
+            kernel_name="python3",
+            language="python",
+            progress_bar=False,
+        )
+    # papermill records where it read and wrote; say what the kernel is, not our temp folder.
+    nb.metadata.papermill["input_path"] = f"notebooks/{spec.notebook}"
+    nb.metadata.papermill["output_path"] = code_file
+    text = nbformat.writes(nb)
+    (tmp / code_file).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    _write_json(
+        tmp / KERNEL_METADATA_FILE, kernel_metadata(spec, owner, code_file, package_dataset)
+    )
+    problems = kernel_problems(tmp)
+    if problems:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleError(final / KERNEL_METADATA_FILE, problems)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def build_package(
+    out: Path,
+    owner: str,
+    *,
+    package_dataset: str = PACKAGE_DATASET,
+    params_files: dict[str, str] | None = None,
+    project_dir: Path = REPO_ROOT,
+) -> Path:
+    """The helper package as a dataset: `pip wheel . --no-deps`, the parameter files, metadata."""
+    pkg = out / PACKAGE_DIR
+    pkg.mkdir(parents=True, exist_ok=True)
+    for old in pkg.glob("kaggle_utils-*.whl"):
+        old.unlink()
+    # Build from a clean copy: setuptools' build/lib in the checkout may hold deleted modules.
+    with tempfile.TemporaryDirectory(prefix="kaggle-utils-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg", "setup.py"):
+            if (project_dir / name).is_file():
+                shutil.copy2(project_dir / name, src / name)
+        shutil.copytree(
+            project_dir / "kaggle_utils",
+            src / "kaggle_utils",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+        cmd = [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation"]
+        cmd += ["-q", "-w", str(pkg.resolve())]
+        print(f"$ (cd {project_dir} copy) " + " ".join(cmd), flush=True)
+        done = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pip wheel failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    wheels = sorted(pkg.glob("kaggle_utils-*.whl"))
+    if len(wheels) != 1:
+        raise RuntimeError(f"pip wheel left {len(wheels)} kaggle_utils wheels in {pkg}")
+    for name, text in (params_files or {}).items():
+        tmp = pkg / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, pkg / name)
+    from kaggle_utils import __version__
+
+    meta = {
+        "id": f"{owner}/{package_dataset}",
+        "title": "kaggle-utils wheel",
+        "subtitle": "kaggle_utils package and parameter files for kernels",
+        "description": (
+            f"kaggle_utils {__version__} (MIT license) as a wheel, installed by the first cell of "
+            "the Carvana workflow notebooks, plus the parameter files the kernels read."
+        ),
+        "licenses": [{"name": "other"}],
+    }
+    _write_json(pkg / DATASET_METADATA_FILE, meta)
+    problems = dataset_problems(pkg)
+    if problems:
+        raise BundleError(pkg / DATASET_METADATA_FILE, problems)
+    return pkg
+
+
+def check_owner(owner: str) -> str:
+    if not owner or not OWNER_RE.match(owner):
+        raise ValueError(
+            f"--owner {owner!r}: give your Kaggle username (lowercase letters, digits, - or _)"
+        )
+    return owner
+
+
+def build_kernels(
+    ensemble_file: str | os.PathLike,
+    owner: str,
+    out: str | os.PathLike = "build/kernels",
+    *,
+    notebook_dir: str | os.PathLike = NOTEBOOK_DIR,
+    prefix: str | None = None,
+    per_stage: bool = False,
+    datasets: Iterable[str] = (),
+    internet: bool = False,
+    package: bool = True,
+    package_dataset: str = PACKAGE_DATASET,
+    kaggle_input: str = KAGGLE_INPUT,
+) -> list[Path]:
+    """Build (and validate) every bundle of one ensemble; returns the folders, upstream first.
+
+    `kaggle_input` is where kernels find attached data (/kaggle/input; other values only to
+    simulate a kernel locally).
+
+    Bundles of this prefix left over from an earlier build (a member since removed) are deleted so
+    `push` never uploads a stale kernel.
+    """
+    owner = check_owner(owner)
+    out = Path(out)
+    datasets = list(datasets)
+    for d in datasets:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*/[a-z0-9][a-z0-9-]*", d):
+            raise ValueError(f"--dataset {d!r} must be 'owner/dataset-slug'")
+    plan = plan_kernels(
+        ensemble_file,
+        prefix=prefix,
+        per_stage=per_stage,
+        datasets=datasets,
+        internet=internet,
+        package_dataset=package_dataset,
+        kaggle_input=kaggle_input,
+    )
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    notebook_dir = Path(notebook_dir)
+    check_parameters(plan.kernels, notebook_dir)  # before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    built: list[Path] = []
+    if package:
+        built.append(
+            build_package(
+                out, owner, package_dataset=package_dataset, params_files=plan.params_files
+            )
+        )
+    wanted = {k.slug for k in plan.kernels}
+    for spec in plan.kernels:
+        built.append(
+            write_kernel_bundle(
+                spec,
+                owner,
+                out,
+                notebook_dir=notebook_dir,
+                package_dataset=package_dataset,
+            )
+        )
+        print(f"built {built[-1]}", flush=True)
+    manifest = out / f"{plan.prefix}.manifest.json"
+    if manifest.exists():
+        previous = json.loads(manifest.read_text(encoding="utf-8")).get("kernels", [])
+        for slug in previous:
+            stale = out / slug
+            if slug not in wanted and (stale / KERNEL_METADATA_FILE).exists():
+                print(f"removed stale bundle {stale}", flush=True)
+                shutil.rmtree(stale)
+    _write_json(
+        manifest,
+        {"ensemble": str(Path(ensemble_file)), "kernels": [k.slug for k in plan.kernels]},
+    )
+    return built

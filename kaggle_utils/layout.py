@@ -1,0 +1,305 @@
+"""Find and read the Carvana competition files where they are: a folder or Kaggle's zip archives.
+
+On Kaggle the competition mounts as ``train.zip``, ``train_masks.zip``, ``test.zip`` (100k JPEGs),
+... each holding one top-level folder. Extracting them would copy tens of GB to a small disk, so a
+:class:`FileStore` reads members in place. The ``ZipFile`` is opened lazily and re-opened in each
+process (keyed by pid), so a store can be handed to forked DataLoader workers safely.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kaggle_utils import environment
+from kaggle_utils.imageio import decode_jpeg, decode_mask_gif, jpeg_size
+
+MASK_SHAPE = (1280, 1918)  # (H, W) of every Carvana image and mask
+COMPETITION = "carvana-image-masking-challenge"
+STORES = ("train", "train_hq", "train_masks", "test", "test_hq")
+CSVS = ("train_masks", "metadata", "sample_submission")
+ENV_VAR = "KAGGLE_UTILS_DATA"
+
+
+class FileStore:
+    """A flat collection of files addressed by basename: a folder, or a .zip read in place."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.is_zip = self.path.suffix.lower() == ".zip"
+        if self.is_zip and not self.path.is_file():
+            raise FileNotFoundError(f"zip archive not found: {self.path}")
+        if not self.is_zip and not self.path.is_dir():
+            raise FileNotFoundError(f"folder not found: {self.path}")
+        self._zf: zipfile.ZipFile | None = None
+        self._pid: int | None = None
+        self._members: dict[str, str] | None = None  # basename -> member (zip only)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self.path)!r})"
+
+    # -- pickling (spawned workers): never ship an open handle ------------------------------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.update(_zf=None, _pid=None, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _zip(self) -> zipfile.ZipFile:
+        pid = os.getpid()
+        if self._zf is None or self._pid != pid:
+            # After fork the parent's handle shares a file offset with the child: never reuse it.
+            self._zf = zipfile.ZipFile(self.path)
+            self._pid = pid
+        return self._zf
+
+    def _index(self) -> dict[str, str]:
+        if self._members is None:
+            with self._lock:
+                if self._members is None:
+                    members: dict[str, str] = {}
+                    for info in self._zip().infolist():
+                        if info.is_dir() or info.filename.startswith("__MACOSX/"):
+                            continue
+                        base = info.filename.rsplit("/", 1)[-1]
+                        if base and not base.startswith("."):
+                            members.setdefault(base, info.filename)
+                    self._members = members
+        return self._members
+
+    def names(self) -> list[str]:
+        """Sorted basenames, e.g. ``00087a6bd4dc_01.jpg``."""
+        if self.is_zip:
+            return sorted(self._index())
+        return sorted(
+            e.name for e in os.scandir(self.path) if e.is_file() and not e.name.startswith(".")
+        )
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        if self.is_zip:
+            return name in self._index()
+        return (self.path / name).is_file()
+
+    def __len__(self) -> int:
+        return len(self._index()) if self.is_zip else len(self.names())
+
+    def describe(self, name: str) -> str:
+        """Where a file lives: ``…/train.zip:train/x.jpg`` or ``…/train/x.jpg``."""
+        if self.is_zip:
+            return f"{self.path}:{self._index().get(name, name)}"
+        return str(self.path / name)
+
+    def read_bytes(self, name: str) -> bytes:
+        """The file's bytes; FileNotFoundError naming the store and the file when absent."""
+        if self.is_zip:
+            member = self._index().get(name)
+            if member is None:
+                raise FileNotFoundError(f"{name} not found in {self.path}")
+            return self._zip().read(member)
+        try:
+            return (self.path / name).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{name} not found in {self.path}") from None
+
+
+def _find_store(root: Path, stem: str) -> FileStore | None:
+    if (root / stem).is_dir():
+        return FileStore(root / stem)
+    if (root / f"{stem}.zip").is_file():
+        return FileStore(root / f"{stem}.zip")
+    return None
+
+
+def _find_csv(root: Path, stem: str) -> Path | None:
+    for name in (f"{stem}.csv", f"{stem}.csv.zip", f"{stem}.csv.gz"):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def _looks_like_data(path: Path) -> bool:
+    return any(
+        (path / n).exists()
+        for n in ("train", "train.zip", "train_hq", "train_hq.zip", "test", "test.zip")
+    ) or any(_find_csv(path, s) is not None for s in ("train_masks", "sample_submission"))
+
+
+class CompetitionData:
+    """The competition files under one root; every read names the file it wanted when it fails."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data folder not found: {self.root}")
+        self.train = _find_store(self.root, "train")
+        self.train_hq = _find_store(self.root, "train_hq")
+        self.train_masks = _find_store(self.root, "train_masks")
+        self.test = _find_store(self.root, "test")
+        self.test_hq = _find_store(self.root, "test_hq")
+        self._rle: dict[str, str] | None = None
+        self._shape: tuple[int, int] | None = None
+
+    def __repr__(self) -> str:
+        have = [s for s in STORES if getattr(self, s) is not None]
+        have += [f"{s}.csv" for s in CSVS if self.has_csv(s)]
+        return f"CompetitionData({str(self.root)!r}, has={have})"
+
+    # -- CSVs ------------------------------------------------------------------------------
+    def csv_path(self, stem: str) -> Path:
+        path = _find_csv(self.root, stem)
+        if path is None:
+            raise FileNotFoundError(f"{stem}.csv (or {stem}.csv.zip) not found in {self.root}")
+        return path
+
+    def has_csv(self, stem: str) -> bool:
+        return _find_csv(self.root, stem) is not None
+
+    def read_csv(self, stem: str) -> pd.DataFrame:
+        """``train_masks``, ``metadata``, ``sample_submission``, ... as .csv or Kaggle's .csv.zip."""
+        return pd.read_csv(self.csv_path(stem))
+
+    # -- images ----------------------------------------------------------------------------
+    def image_store(self, split: str = "train", hq: bool = False) -> FileStore:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        stem = f"{split}_hq" if hq else split
+        store = getattr(self, stem)
+        if store is None:
+            raise FileNotFoundError(f"no {stem}/ folder or {stem}.zip in {self.root}")
+        return store
+
+    def load_image(
+        self,
+        image_id: str,
+        split: str = "train",
+        size: tuple[int, int] | None = None,
+        hq: bool = False,
+    ) -> np.ndarray:
+        """RGB uint8 (H, W, 3); at ``size`` (H, W) via reduced JPEG decoding when given."""
+        store = self.image_store(split, hq)
+        name = _jpg(image_id)
+        return decode_jpeg(store.read_bytes(name), size, name=store.describe(name))
+
+    def image_shape(self, image_id: str, split: str = "train") -> tuple[int, int]:
+        """(H, W) of an image from its JPEG header."""
+        store = self.image_store(split)
+        name = _jpg(image_id)
+        return jpeg_size(store.read_bytes(name), store.describe(name))
+
+    # -- masks -----------------------------------------------------------------------------
+    def mask_name(self, image_id: str) -> str:
+        return f"{_stem(image_id)}_mask.gif"
+
+    def _rle_table(self) -> dict[str, str]:
+        if self._rle is None:
+            df = self.read_csv("train_masks")
+            missing = {"img", "rle_mask"} - set(df.columns)
+            if missing:
+                raise ValueError(f"{self.csv_path('train_masks')} lacks columns {sorted(missing)}")
+            self._rle = dict(zip(df["img"].astype(str), df["rle_mask"], strict=True))
+        return self._rle
+
+    def has_mask(self, image_id: str) -> bool:
+        if self.train_masks is not None and self.mask_name(image_id) in self.train_masks:
+            return True
+        return self.has_csv("train_masks") and _jpg(image_id) in self._rle_table()
+
+    def load_mask(self, image_id: str) -> np.ndarray:
+        """uint8 {0, 1} mask at the image's full size: from the GIF, else from train_masks.csv."""
+        name = self.mask_name(image_id)
+        store = self.train_masks
+        if store is not None and name in store:
+            return decode_mask_gif(store.read_bytes(name), name=store.describe(name))
+        if self.has_csv("train_masks"):
+            rle = self._rle_table().get(_jpg(image_id))
+            if rle is not None:
+                from kaggle_utils.rle import rle_decode
+
+                return rle_decode(rle, self._mask_shape(image_id), image_id=_stem(image_id))
+        where = (
+            f"in {store.path}" if store is not None else f"(no train_masks store in {self.root})"
+        )
+        csv = (
+            f"no row {_jpg(image_id)!r} in {self.csv_path('train_masks')}"
+            if self.has_csv("train_masks")
+            else "no train_masks.csv"
+        )
+        raise FileNotFoundError(f"mask {name} not found {where}, and {csv}")
+
+    def _mask_shape(self, image_id: str) -> tuple[int, int]:
+        # Every image of a competition has one size; read it once from a JPEG header.
+        if self._shape is None:
+            try:
+                self._shape = self.image_shape(image_id)
+            except (FileNotFoundError, ValueError):
+                return MASK_SHAPE
+        return self._shape
+
+
+def _stem(image_id: str) -> str:
+    image_id = str(image_id)
+    return image_id[:-4] if image_id.lower().endswith(".jpg") else image_id
+
+
+def _jpg(image_id: str) -> str:
+    return f"{_stem(image_id)}.jpg"
+
+
+def _looks_like_carvana(path: Path) -> bool:
+    """Stricter test for other Kaggle mounts: train images plus masks (GIFs or the CSV)."""
+    has_train = any((path / n).exists() for n in ("train", "train.zip", "train_hq", "train_hq.zip"))
+    has_masks = _find_store(path, "train_masks") is not None or _find_csv(path, "train_masks")
+    return has_train and bool(has_masks)
+
+
+def _kaggle_candidates() -> list[Path]:
+    """The competition mount first, then other /kaggle/input mounts (and one level below)."""
+    base = environment.KAGGLE_INPUT
+    found = [base / COMPETITION, base / "competitions" / COMPETITION]
+    if base.is_dir():
+        for mount in sorted(p for p in base.iterdir() if p.is_dir()):
+            found += [mount, *sorted(p for p in mount.iterdir() if p.is_dir())]
+    return found
+
+
+def find_data(data_dir: str | os.PathLike | None = None) -> CompetitionData:
+    """The competition files: ``data_dir``, else $KAGGLE_UTILS_DATA, else a Kaggle input mount.
+
+    A given folder may also hold the data one level down (e.g. ``/kaggle/input``).
+    """
+    if data_dir is None and os.environ.get(ENV_VAR):
+        data_dir = os.environ[ENV_VAR]
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"data folder not found: {root}")
+        if _looks_like_data(root):
+            return CompetitionData(root)
+        subs = sorted(p for p in root.iterdir() if p.is_dir() and _looks_like_data(p))
+        if subs:
+            return CompetitionData(subs[0])
+        raise FileNotFoundError(
+            f"{root} holds no Carvana files: expected train/ or train.zip, train_masks/ or "
+            "train_masks.csv, test/ or test.zip, metadata.csv, sample_submission.csv"
+        )
+    for i, cand in enumerate(_kaggle_candidates()):
+        check = _looks_like_data if i < 2 else _looks_like_carvana
+        if cand.is_dir() and check(cand):
+            return CompetitionData(cand)
+    raise FileNotFoundError(
+        "no Carvana data found: pass data_dir=..., set $KAGGLE_UTILS_DATA, attach the competition "
+        f"'{COMPETITION}' to the Kaggle notebook (mounted under {environment.KAGGLE_INPUT}), "
+        "download it with `kaggle competitions download -c carvana-image-masking-challenge`, "
+        "or generate a synthetic set with `python -m kaggle_utils.synthetic OUT`"
+    )

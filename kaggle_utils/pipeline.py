@@ -1,0 +1,267 @@
+"""Batch runner: executes the numbered notebooks with papermill for one ensemble file.
+
+01 (EDA) and 02 (split) once, 04 (stage-up, which runs 03 per stage) for every member and fold, then 05
+(ensemble) and 06 (submit). A failed member is reported and the others go on; the exit status says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@dataclass(frozen=True)
+class Step:
+    key: str
+    notebook: str
+    per_member: bool = False
+
+
+STEPS: tuple[Step, ...] = (
+    Step("01", "01_eda.ipynb"),
+    Step("02", "02_split.ipynb"),
+    Step("04", "04_stage_up.ipynb", per_member=True),
+    Step("05", "05_ensemble.ipynb"),
+    Step("06", "06_submit.ipynb"),
+)
+
+
+@dataclass
+class Job:
+    step: Step
+    output: Path
+    parameters: dict[str, Any]
+    label: str
+    gpu: str | None = None
+
+
+@dataclass
+class JobResult:
+    label: str
+    ok: bool
+    seconds: float
+    error: str = ""
+    output: str = ""
+
+
+@dataclass
+class Plan:
+    jobs: list[Job] = field(default_factory=list)
+
+    def describe(self) -> str:
+        lines = []
+        for job in self.jobs:
+            params = ", ".join(f"{k}={v!r}" for k, v in job.parameters.items())
+            gpu = f" [CUDA_VISIBLE_DEVICES={job.gpu}]" if job.gpu is not None else ""
+            lines.append(f"{job.label:<40} {job.step.notebook} -> {job.output}{gpu}\n    {params}")
+        return "\n".join(lines)
+
+
+def _select_steps(only: Sequence[str] | None, start: str | None) -> list[Step]:
+    known = [s.key for s in STEPS]
+    for key in [*(only or []), *([start] if start else [])]:
+        if key not in known:
+            raise SystemExit(f"unknown step {key!r}: choose from {', '.join(known)}")
+    steps = [s for s in STEPS if (not only or s.key in only)]
+    if start:
+        steps = [s for s in steps if s.key >= start]
+    return steps
+
+
+def gpu_count() -> int:
+    """GPUs visible to this process (0 without CUDA); imported lazily so --dry-run stays fast."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 0
+
+
+def build_plan(
+    ensemble_file: str | os.PathLike,
+    *,
+    data_dir: str | None = None,
+    run_dir: str | None = None,
+    only: Sequence[str] | None = None,
+    start: str | None = None,
+    device: str | None = None,
+    n_gpus: int = 0,
+    notebook_dir: Path = NOTEBOOK_DIR,
+) -> Plan:
+    """Every notebook run, in order, with the parameters papermill will inject."""
+    from kaggle_utils.config import load_ensemble
+
+    ensemble_path = Path(ensemble_file).resolve()
+    ens = load_ensemble(ensemble_path)
+    data = data_dir if data_dir is not None else ens.data_dir
+    data = str(Path(data).resolve()) if data else None
+    run = Path(run_dir or ens.run_dir or f"runs/{ens.name}").resolve()
+    executed = run / "executed"
+    common: dict[str, Any] = {"data_dir": data, "run_dir": str(run)}
+    plan = Plan()
+    slot = 0
+    for step in _select_steps(only, start):
+        nb = notebook_dir / step.notebook
+        stem = Path(step.notebook).stem
+        if step.key == "01":
+            plan.jobs.append(Job(step, executed / nb.name, dict(common), stem))
+        elif step.key == "02":
+            params = {**common, "n_folds": ens.n_folds, "stratify": ens.stratify, "seed": ens.seed}
+            plan.jobs.append(Job(step, executed / nb.name, params, stem))
+        elif step.per_member:
+            for member in ens.member_paths(ensemble_path):
+                for fold in ens.folds:
+                    params = {**common, "member_file": str(member), "fold": fold}
+                    if device:
+                        params["device"] = device
+                    gpu = str(slot % n_gpus) if n_gpus > 1 else None
+                    slot += 1
+                    label = f"{stem}:{member.stem}:fold{fold}"
+                    out = executed / f"{stem}__{member.stem}__fold{fold}.ipynb"
+                    plan.jobs.append(Job(step, out, params, label, gpu))
+        else:
+            params = {**common, "ensemble_file": str(ensemble_path)}
+            if device and step.key == "06":
+                params["device"] = device
+            plan.jobs.append(Job(step, executed / nb.name, params, stem))
+    return plan
+
+
+def run_job(job: Job, notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> JobResult:
+    """Execute one notebook; a failure comes back as a result naming the cell, never as a crash."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    if job.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(Path(notebook_dir) / job.step.notebook),
+            str(job.output),
+            parameters=job.parameters,
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(Path(notebook_dir).parent),
+        )
+    except PapermillExecutionError as exc:
+        error = f"cell {exc.cell_index} (execution {exc.exec_count}): {exc.ename}: {exc.evalue}"
+        return JobResult(job.label, False, time.perf_counter() - started, error, str(job.output))
+    except Exception as exc:  # kernel died, notebook missing, ...: report it, keep the others
+        error = f"{type(exc).__name__}: {exc}"
+        return JobResult(job.label, False, time.perf_counter() - started, error, str(job.output))
+    return JobResult(job.label, True, time.perf_counter() - started, output=str(job.output))
+
+
+def _report(result: JobResult) -> None:
+    status = "ok    " if result.ok else "FAILED"
+    print(f"[{status}] {result.label} ({result.seconds:.0f} s) -> {result.output}", flush=True)
+    if not result.ok:
+        print(f"         {result.error}", flush=True)
+
+
+def run_plan(plan: Plan, jobs: int = 1, notebook_dir: Path = NOTEBOOK_DIR) -> list[JobResult]:
+    """Run in order; member jobs of one step run `jobs` at a time in separate processes."""
+    results: list[JobResult] = []
+    i = 0
+    while i < len(plan.jobs):
+        step = plan.jobs[i].step
+        batch = [j for j in plan.jobs[i:] if j.step == step]
+        i += len(batch)
+        if step.key in ("05", "06") and any(not r.ok for r in results):
+            print(f"[skip  ] {step.notebook}: earlier steps failed (rerun after fixing)")
+            results.append(JobResult(Path(step.notebook).stem, False, 0.0, "skipped"))
+            continue
+        print(f">> {step.notebook}: {len(batch)} run(s)", flush=True)
+        if jobs > 1 and len(batch) > 1:
+            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(run_job, job, notebook_dir) for job in batch]
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    _report(results[-1])
+        else:
+            for job in batch:
+                results.append(run_job(job, notebook_dir))
+                _report(results[-1])
+        if step.key in ("01", "02") and not results[-1].ok:
+            print(f"[stop  ] {step.notebook} failed: later steps need it", flush=True)
+            break
+    return results
+
+
+def ensure_synthetic(data_dir: str | os.PathLike, **options: Any) -> Path:
+    """Generate the embedded default dataset (the generator skips a complete, identical set)."""
+    from kaggle_utils.synthetic import generate
+
+    print(f">> synthetic Carvana data in {data_dir}", flush=True)
+    return generate(data_dir, verbose=True, **options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kaggle-utils-pipeline",
+        description="Run the numbered notebooks with papermill for an ensemble parameter file.",
+    )
+    parser.add_argument("ensemble", help="params/<ensemble>.yaml")
+    parser.add_argument("--data-dir", help="competition files (folder or Kaggle zips)")
+    parser.add_argument("--run-dir", help="where results go (default: the ensemble's run_dir)")
+    parser.add_argument("--only", help="comma-separated steps to run, e.g. 01,02")
+    parser.add_argument("--from", dest="start", help="start at this step, e.g. 04")
+    parser.add_argument("--jobs", type=int, default=1, help="members trained in parallel")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the notebooks' own)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.add_argument(
+        "--make-synthetic",
+        action="store_true",
+        help="generate the synthetic dataset into --data-dir first when it is not there",
+    )
+    args = parser.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    n_gpus = 0 if args.dry_run else gpu_count()
+    plan = build_plan(
+        args.ensemble,
+        data_dir=args.data_dir,
+        run_dir=args.run_dir,
+        only=only,
+        start=args.start,
+        device=args.device,
+        n_gpus=n_gpus if args.jobs > 1 else 0,
+    )
+    if args.dry_run:
+        print(plan.describe())
+        return 0
+    if args.make_synthetic:
+        from kaggle_utils.config import load_ensemble
+
+        ens = load_ensemble(args.ensemble)
+        data_dir = args.data_dir or ens.data_dir
+        if not data_dir:
+            parser.error("--make-synthetic needs --data-dir (or data_dir in the ensemble file)")
+        ensure_synthetic(data_dir, **(ens.synthetic or {}))
+    started = time.perf_counter()
+    results = run_plan(plan, jobs=max(1, args.jobs))
+    failed = [r for r in results if not r.ok]
+    print(
+        f">> {len(results) - len(failed)}/{len(results)} notebook runs succeeded "
+        f"in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    for r in failed:
+        print(f"   FAILED {r.label}: {r.error}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

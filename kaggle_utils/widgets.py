@@ -1,0 +1,347 @@
+"""Interactive ipywidgets 8 viewers that make the data, the loss weights and predictions visible.
+
+Each builder takes data and returns a ``Viewer`` (an ``ipywidgets.VBox``): its controls are in
+``.controls``, the rendered picture is PNG bytes in ``.image.value`` (an ``ipywidgets.Image``) and the
+arrays behind the picture are in ``.arrays``, so tests drive the controls and check what was drawn.
+Pictures are drawn with matplotlib's object API (no pyplot state, nothing shown twice in notebooks).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import cv2
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from kaggle_utils.eda import N_ANGLES, _resize_mask, overlay_mask
+
+TP_COLOR = (0, 200, 0)
+FP_COLOR = (255, 40, 40)
+FN_COLOR = (40, 120, 255)
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """PNG bytes of a matplotlib figure."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _picture(rgb: np.ndarray, title: str, width_px: int = 640) -> bytes:
+    """PNG of an RGB array at ``width_px`` wide, with a title in its top-left corner."""
+    h, w = rgb.shape[:2]
+    fig = Figure(figsize=(width_px / 100, width_px / 100 * h / w))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_axis_off()
+    ax.text(
+        0.01,
+        0.98,
+        title,
+        transform=ax.transAxes,
+        va="top",
+        fontsize=9,
+        bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"},
+    )
+    return figure_png(fig)
+
+
+class _Cache:
+    """A small least-recently-used cache so moving a slider does not re-decode a JPEG."""
+
+    def __init__(self, load: Callable, size: int = 32):
+        self._load, self._size, self._items = load, size, OrderedDict()
+
+    def __call__(self, key):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = self._load(key)
+        self._items[key] = value
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return value
+
+
+class Viewer(widgets.VBox):
+    """Controls above a rendered PNG and a caption; re-renders whenever a control changes.
+
+    ``controls``: name -> widget; ``image``: ``ipywidgets.Image`` holding the PNG; ``caption``:
+    ``ipywidgets.HTML``; ``arrays``: the numpy arrays of the last render; ``renders``: render count.
+    """
+
+    def __init__(self, controls: dict[str, widgets.Widget], draw: Callable[[Viewer], bytes]):
+        self.controls = controls
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.caption = widgets.HTML()
+        self.arrays: dict[str, np.ndarray] = {}
+        self.info: dict[str, object] = {}
+        self.renders = 0
+        self._draw = draw
+        super().__init__(
+            [
+                widgets.HBox(list(controls.values()), layout={"flex_flow": "row wrap"}),
+                self.image,
+                self.caption,
+            ]
+        )
+        for control in controls.values():
+            control.observe(self._changed, names="value")
+        self.render()
+
+    def _changed(self, _change) -> None:
+        self.render()
+
+    def setting(self, name: str):
+        """Current value of the control ``name``."""
+        return self.controls[name].value
+
+    def render(self) -> None:
+        """Redraw from the current control values."""
+        try:
+            png = self._draw(self)
+        except Exception as err:  # show the error in the widget instead of a silent dead view
+            self.caption.value = f"<b style='color:#c00'>{type(err).__name__}: {err}</b>"
+            raise
+        self.image.value = png
+        self.renders += 1
+
+
+# ----------------------------------------------------------------------------- mask overlay browser
+def mask_overlay_browser(
+    data, index: pd.DataFrame, size: tuple[int, int] = (320, 480), width_px: int = 640
+) -> Viewer:
+    """Browse train images with their masks: car dropdown, angle slider 1..16, opacity, fill/outline."""
+    if len(index) == 0:
+        raise ValueError("mask_overlay_browser: the index is empty")
+    ids = set(index["id"])
+    meta = index.set_index("id")
+    cars = sorted(index["car"].unique())
+    load = _Cache(
+        lambda image_id: (
+            data.load_image(image_id, size=size),
+            _resize_mask(data.load_mask(image_id), size),
+        )
+    )
+    controls = {
+        "car": widgets.Dropdown(options=cars, value=cars[0], description="car"),
+        "angle": widgets.IntSlider(value=1, min=1, max=N_ANGLES, description="angle"),
+        "opacity": widgets.FloatSlider(
+            value=0.4, min=0.0, max=1.0, step=0.05, description="opacity"
+        ),
+        "mode": widgets.ToggleButtons(
+            options=["fill", "outline"], value="fill", description="mask"
+        ),
+    }
+
+    def draw(v: Viewer) -> bytes:
+        car, angle = v.setting("car"), v.setting("angle")
+        image_id = f"{car}_{angle:02d}"
+        if image_id not in ids:
+            blank = np.full((*size, 3), 235, np.uint8)
+            v.arrays = {"composite": blank}
+            v.caption.value = f"<b>{image_id}</b>: no such image in this sample"
+            return _picture(blank, f"{image_id}: missing", width_px)
+        image, mask = load(image_id)
+        composite = overlay_mask(image, mask, alpha=v.setting("opacity"), mode=v.setting("mode"))
+        v.arrays = {"image": image, "mask": mask, "composite": composite}
+        row = meta.loc[image_id]
+        about = " ".join(
+            str(row[c]) for c in ("year", "make", "model") if c in row and pd.notna(row[c])
+        )
+        v.info = {"id": image_id, "coverage": float(mask.mean())}
+        v.caption.value = f"<b>{image_id}</b> {about} &middot; car fraction {mask.mean():.3f}"
+        return _picture(composite, image_id, width_px)
+
+    return Viewer(controls, draw)
+
+
+# --------------------------------------------------------------------------- boundary weight viewer
+def boundary_weight_viewer(
+    data,
+    index: pd.DataFrame,
+    size: tuple[int, int] = (640, 960),
+    boundary_weight: float = 2.0,
+    width_px: int = 640,
+) -> Viewer:
+    """The loss's per-pixel weights as a heat map over the image.
+
+    The mask comes from ``CarvanaDataset`` at the training ``size`` and the weights from
+    ``losses.boundary_weights`` on that tensor, i.e. exactly what the loss computes for this image.
+    Controls: image picker, pooling-kernel slider (odd sizes), boundary weight value.
+    """
+    import torch
+
+    from kaggle_utils.dataset import IMAGENET_MEAN, IMAGENET_STD, CarvanaDataset
+    from kaggle_utils.losses import boundary_weights, kernel_for_height
+
+    if len(index) == 0:
+        raise ValueError("boundary_weight_viewer: the index is empty")
+    index = index.reset_index(drop=True)
+    dataset = CarvanaDataset(data, index, size=size, split="train", transform=None, with_mask=True)
+    mean = np.asarray(IMAGENET_MEAN, np.float32).reshape(3, 1, 1)
+    std = np.asarray(IMAGENET_STD, np.float32).reshape(3, 1, 1)
+    row_of = {image_id: i for i, image_id in enumerate(index["id"])}
+
+    def load_item(image_id: str):
+        item = dataset[row_of[image_id]]
+        img = item["image"].numpy() * std + mean
+        rgb = np.clip(img.transpose(1, 2, 0) * 255, 0, 255).astype(np.uint8)
+        return rgb, item["mask"]
+
+    load = _Cache(load_item)
+    default_k = int(kernel_for_height(size[0]))
+    default_k += 1 - default_k % 2
+    controls = {
+        "id": widgets.Dropdown(options=list(index["id"]), description="image"),
+        "kernel": widgets.IntSlider(
+            value=default_k,
+            min=3,
+            max=max(4 * default_k + 1, 31),
+            step=2,
+            description="kernel",
+            continuous_update=False,  # a render costs a pooling pass: redraw on release
+        ),
+        "weight": widgets.FloatSlider(
+            value=boundary_weight,
+            min=0.0,
+            max=10.0,
+            step=0.5,
+            description="weight",
+            continuous_update=False,
+        ),
+    }
+
+    def draw(v: Viewer) -> bytes:
+        rgb, mask = load(v.setting("id"))
+        k, bw = int(v.setting("kernel")), float(v.setting("weight"))
+        with torch.no_grad():
+            weights = boundary_weights(mask[None].float(), kernel=k, boundary_weight=bw)
+        w = weights[0, 0].numpy().astype(np.float32)
+        band = w > w.min() + 1e-6 if w.max() - w.min() > 1e-6 else np.zeros(w.shape, bool)
+        v.arrays = {"image": rgb, "mask": mask[0].numpy(), "weights": w, "band": band}
+        v.info = {"kernel": k, "weight": bw, "band_pixels": int(band.sum())}
+        h, wd = rgb.shape[:2]
+        fig = Figure(
+            figsize=(width_px / 100, width_px / 100 * h / wd * 0.9 + 0.3), layout="constrained"
+        )
+        ax = fig.add_subplot()
+        ax.imshow(rgb.mean(axis=2), cmap="gray", vmin=0, vmax=255)
+        heat = ax.imshow(np.ma.masked_where(~band, w), cmap="inferno", alpha=0.75, vmin=w.min())
+        ax.set_axis_off()
+        ax.set_title(f"{v.setting('id')} at {h}x{wd}: kernel {k}, boundary weight {bw}", fontsize=9)
+        fig.colorbar(heat, ax=ax, fraction=0.035, pad=0.01, label="loss weight")
+        v.caption.value = (
+            f"<b>{v.setting('id')}</b> at training size {h}x{wd}: kernel {k} px, boundary weight {bw}: "
+            f"band {band.sum():,} px ({band.mean():.2%}); weights {w.min():.3f}..{w.max():.3f} "
+            f"(mean {w.mean():.3f})"
+        )
+        return figure_png(fig)
+
+    return Viewer(controls, draw)
+
+
+# ------------------------------------------------------------------------- prediction error viewer
+def _as_list(arrays, name: str) -> list[np.ndarray]:
+    items = [np.asarray(a) for a in arrays]
+    if not items:
+        raise ValueError(f"prediction_error_viewer: no {name}")
+    return items
+
+
+def error_map(prob: np.ndarray, mask: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """TP / FP / FN boolean maps of a probability map against a {0,1} mask at ``threshold``."""
+    pred = prob > threshold
+    truth = mask > 0
+    return {"tp": pred & truth, "fp": pred & ~truth, "fn": ~pred & truth}
+
+
+def dice_from_errors(tp: int, fp: int, fn: int) -> float:
+    """Dice = 2TP / (2TP + FP + FN); an empty prediction of an empty mask scores 1 (Kaggle's rule)."""
+    denom = 2 * tp + fp + fn
+    return 1.0 if denom == 0 else 2.0 * tp / denom
+
+
+def prediction_error_viewer(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    probs: Sequence[np.ndarray],
+    ids: Sequence[str] | None = None,
+    threshold: float = 0.5,
+    width_px: int = 640,
+) -> Viewer:
+    """Predictions against the truth: TP green, FP red, FN blue; threshold slider; live Dice.
+
+    ``images`` RGB uint8, ``masks`` {0,1} (the size Dice is scored at), ``probs`` in [0, 1] at any
+    size (resized bilinearly to the mask, as the full-resolution metric does).
+    """
+    images, masks, probs = (
+        _as_list(images, "images"),
+        _as_list(masks, "masks"),
+        _as_list(probs, "probs"),
+    )
+    ids = list(ids) if ids is not None else [str(i) for i in range(len(images))]
+    if not len(images) == len(masks) == len(probs) == len(ids):
+        raise ValueError(
+            f"prediction_error_viewer: lengths differ: {len(images)} images, {len(masks)} masks, "
+            f"{len(probs)} probs, {len(ids)} ids"
+        )
+    for name, p in zip(ids, probs, strict=True):
+        if p.ndim != 2 or np.nanmin(p) < 0 or np.nanmax(p) > 1:
+            raise ValueError(
+                f"prediction_error_viewer: probs of {name} must be a 2-D map in [0, 1]"
+            )
+
+    def prepared(i: int):
+        mask = (masks[i] > 0).astype(np.uint8)
+        h, w = mask.shape
+        prob = probs[i].astype(np.float32)
+        if prob.shape != (h, w):
+            prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+        image = images[i]
+        if image.shape[:2] != (h, w):
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        return image, mask, prob
+
+    load = _Cache(prepared, size=8)
+    controls = {
+        "id": widgets.Dropdown(
+            options=[(name, i) for i, name in enumerate(ids)], value=0, description="image"
+        ),
+        "threshold": widgets.FloatSlider(
+            value=threshold, min=0.01, max=0.99, step=0.01, description="threshold"
+        ),
+        "opacity": widgets.FloatSlider(
+            value=0.6, min=0.0, max=1.0, step=0.05, description="opacity"
+        ),
+    }
+
+    def draw(v: Viewer) -> bytes:
+        i = v.setting("id")
+        image, mask, prob = load(i)
+        t = float(v.setting("threshold"))
+        maps = error_map(prob, mask, t)
+        out = image.astype(np.float32).copy()
+        a = float(v.setting("opacity"))
+        for key, color in (("tp", TP_COLOR), ("fp", FP_COLOR), ("fn", FN_COLOR)):
+            m = maps[key]
+            out[m] = (1 - a) * out[m] + a * np.asarray(color, np.float32)
+        composite = np.clip(out, 0, 255).astype(np.uint8)
+        counts = {k: int(m.sum()) for k, m in maps.items()}
+        dice = dice_from_errors(counts["tp"], counts["fp"], counts["fn"])
+        v.arrays = {"composite": composite, "prob": prob, "mask": mask, **maps}
+        v.info = {"id": ids[i], "threshold": t, "dice": dice, **counts}
+        v.caption.value = (
+            f"<b>{ids[i]}</b> threshold {t:.2f}: <b>Dice {dice:.5f}</b> &middot; "
+            f"<span style='color:rgb{TP_COLOR}'>TP {counts['tp']:,}</span> "
+            f"<span style='color:rgb{FP_COLOR}'>FP {counts['fp']:,}</span> "
+            f"<span style='color:rgb{FN_COLOR}'>FN {counts['fn']:,}</span>"
+        )
+        return _picture(composite, f"{ids[i]}  t={t:.2f}  Dice {dice:.5f}", width_px)
+
+    return Viewer(controls, draw)

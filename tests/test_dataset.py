@@ -1,0 +1,130 @@
+"""CarvanaDataset: normalised tensors at any (H, W), reduced decoding, DataLoader workers on zips."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from kaggle_utils.augment import build_augmentations
+from kaggle_utils.dataset import IMAGENET_MEAN, IMAGENET_STD, CarvanaDataset, resize_mask
+from kaggle_utils.index import test_index, train_index
+from kaggle_utils.layout import find_data
+
+
+def _denormalise(x: torch.Tensor) -> np.ndarray:
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    return ((x * std + mean) * 255).permute(1, 2, 0).numpy()
+
+
+@pytest.fixture(scope="module")
+def zipped_synthetic(small_synthetic, tmp_path_factory):
+    root = tmp_path_factory.mktemp("zipped_synthetic")
+    for sub in ("train", "train_masks", "test"):
+        with zipfile.ZipFile(root / f"{sub}.zip", "w") as zf:
+            for p in sorted((small_synthetic / sub).iterdir()):
+                zf.write(p, f"{sub}/{p.name}")
+    for name in ("metadata.csv", "train_masks.csv"):
+        (root / name).write_bytes((small_synthetic / name).read_bytes())
+    return root
+
+
+@pytest.mark.parametrize("size", [(160, 240), (128, 192), (96, 160), (80, 120)])
+def test_items_shapes_dtypes_and_normalisation(small_synthetic, size):
+    data = find_data(small_synthetic)
+    index = train_index(data)
+    ds = CarvanaDataset(data, index, size)
+    assert len(ds) == 64
+    item = ds[3]
+    assert item["id"] == index["id"].iloc[3]
+    assert item["image"].shape == (3, *size) and item["image"].dtype == torch.float32
+    assert item["mask"].shape == (1, *size) and item["mask"].dtype == torch.float32
+    assert set(item["mask"].unique().tolist()) == {0.0, 1.0}
+    raw = data.load_image(item["id"], size=size).astype(np.float32)
+    np.testing.assert_allclose(_denormalise(item["image"]), raw, atol=1e-3)
+    full = data.load_mask(item["id"])
+    assert abs(item["mask"].mean().item() - full.mean()) < 0.02
+
+
+def test_real_sample_non_square(real_sample):
+    data = find_data(real_sample)
+    index = train_index(data).iloc[:2]
+    ds = CarvanaDataset(data, index, (1280, 1792))
+    item = ds[0]
+    assert item["image"].shape == (3, 1280, 1792) and item["mask"].shape == (1, 1280, 1792)
+    small = CarvanaDataset(data, index, (320, 480))[1]
+    assert small["image"].shape == (3, 320, 480)
+    # mask at the small size agrees with the full-resolution GIF
+    full = data.load_mask(index["id"].iloc[1])
+    assert abs(small["mask"].mean().item() - full.mean()) < 0.005
+
+
+def test_resize_mask_threshold():
+    mask = np.zeros((100, 150), np.uint8)
+    mask[20:80, 30:120] = 1
+    small = resize_mask(mask, (50, 75))
+    np.testing.assert_array_equal(small, mask[::2, ::2])
+    assert resize_mask(mask, (100, 150)) is not None
+    big = resize_mask(mask, (200, 300))
+    assert set(np.unique(big)) == {0, 1} and abs(big.mean() - mask.mean()) < 0.01
+
+
+def test_test_split_without_masks(small_synthetic):
+    data = find_data(small_synthetic)
+    ds = CarvanaDataset(data, test_index(data), (64, 96), split="test", with_mask=False)
+    item = ds[0]
+    assert set(item) == {"image", "id"} and item["image"].shape == (3, 64, 96)
+    with pytest.raises(ValueError, match="with_mask=False"):
+        CarvanaDataset(data, test_index(data), (64, 96), split="test")
+    with pytest.raises(FileNotFoundError, match="train_hq"):
+        CarvanaDataset(data, train_index(data), (64, 96), hq=True)[0]
+
+
+def test_dataloader_two_workers_over_zip(small_synthetic, zipped_synthetic):
+    data = find_data(zipped_synthetic)
+    assert data.train.is_zip and data.train_masks.is_zip
+    index = train_index(data)  # opens the zip in this process before the workers fork
+    ds = CarvanaDataset(data, index, (96, 144))
+    loader = DataLoader(ds, batch_size=8, num_workers=2)
+    ids, images, masks = [], [], []
+    for batch in loader:
+        ids += batch["id"]
+        images.append(batch["image"])
+        masks.append(batch["mask"])
+    assert ids == list(index["id"])
+    images, masks = torch.cat(images), torch.cat(masks)
+    assert images.shape == (64, 3, 96, 144) and masks.shape == (64, 1, 96, 144)
+    folder = CarvanaDataset(find_data(small_synthetic), index, (96, 144))
+    for i in (0, 17, 63):
+        torch.testing.assert_close(images[i], folder[i]["image"])
+        torch.testing.assert_close(masks[i], folder[i]["mask"])
+
+
+def test_workers_do_not_repeat_each_others_augmentations(small_synthetic):
+    """albumentations 2 Compose owns its RNG; forked workers must not replay the same flips."""
+    data = find_data(small_synthetic)
+    index = train_index(data).iloc[[0] * 32]
+    aug = build_augmentations({"hflip": 0.5, "shift_scale": False, "color": False})
+    ds = CarvanaDataset(data, index, (64, 96), transform=aug)
+    loader = DataLoader(ds, batch_size=1, num_workers=2, generator=torch.Generator().manual_seed(0))
+    flipped = [batch["image"][0] for batch in loader]
+    plain = ds.data.load_image(index["id"].iloc[0], size=(64, 96))
+    is_flip = [not np.allclose(_denormalise(x), plain, atol=1e-3) for x in flipped]
+    assert 4 <= sum(is_flip) <= 28
+    # worker 0 serves even items, worker 1 odd ones: identical RNGs would make pairs equal
+    assert any(is_flip[2 * k] != is_flip[2 * k + 1] for k in range(16))
+
+
+def test_bad_arguments(small_synthetic):
+    data = find_data(small_synthetic)
+    index = train_index(data)
+    with pytest.raises(ValueError, match="'id'"):
+        CarvanaDataset(data, index.drop(columns="id"), (64, 64))
+    with pytest.raises(ValueError, match="size"):
+        CarvanaDataset(data, index, (0, 64))
+    with pytest.raises(ValueError, match="split"):
+        CarvanaDataset(data, index, (64, 64), split="val")

@@ -1,0 +1,174 @@
+"""Streamed test prediction: partial runs, clear failures, resumable submission, TTA, scoring."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _tiny_run import tiny_checkpoint
+
+from kaggle_utils import predict as P
+from kaggle_utils.layout import find_data
+from kaggle_utils.rle import rle_decode, rle_encode
+
+
+def _read(path: Path) -> pd.DataFrame:
+    with gzip.open(path, "rt") as f:
+        return pd.read_csv(f, keep_default_na=False)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", size=(64, 96))
+
+
+@pytest.fixture(scope="module")
+def members(ckpt):
+    return P.load_members([ckpt])
+
+
+def test_partial_run_on_real_sample_writes_exactly_those_ids(real_sample, members, tmp_path):
+    data = find_data(real_sample)
+    present = set(data.test.names())
+    assert len(present) == 33
+    out = tmp_path / "submission.csv.gz"
+    result = P.predict_submission(
+        members, data, out, limit="available", batch_size=4, num_workers=1, chunk_size=8
+    )
+    sub = _read(out)
+    sample = data.read_csv("sample_submission")["img"]
+    assert list(sub["img"]) == [i for i in sample if i in present]  # sample order, only those
+    assert result.n_images == 33 and result.shape == (1280, 1918)
+    for img, rle in zip(sub["img"], sub["rle_mask"], strict=True):
+        assert rle_decode(rle, (1280, 1918), image_id=img).shape == (1280, 1918)
+
+
+def test_missing_ids_fail_naming_count_and_examples(real_sample, members, tmp_path):
+    data = find_data(real_sample)
+    with pytest.raises(FileNotFoundError) as err:
+        P.predict_submission(members, data, tmp_path / "s.csv.gz", num_workers=0)
+    msg = str(err.value)
+    assert "100031 of 100064" in msg
+    missing = next(i for i in data.read_csv("sample_submission")["img"] if i not in data.test)
+    assert missing in msg and "limit=" in msg
+    assert not (tmp_path / "s.csv.gz").exists()
+
+
+def test_select_ids_variants():
+    sample = [f"c_{i:02d}.jpg" for i in range(1, 9)]
+    have = sample[2:]
+    assert P.select_ids(sample, have, "available") == have
+    assert P.select_ids(sample, have, 3) == have[:3]
+    assert P.select_ids(sample, have, ["c_05.jpg", "c_03.jpg"]) == ["c_03.jpg", "c_05.jpg"]
+    with pytest.raises(FileNotFoundError, match=r"2 of 8 .*c_01.jpg"):
+        P.select_ids(sample, have, None)
+    with pytest.raises(ValueError, match="not in sample_submission"):
+        P.select_ids(sample, have, ["x.jpg"])
+    with pytest.raises(FileNotFoundError, match="missing from the test images"):
+        P.select_ids(sample, have, ["c_01.jpg"])
+
+
+@pytest.fixture
+def synthetic_copy(small_synthetic, tmp_path) -> Path:
+    """A writable copy of the small synthetic set (test images + CSVs)."""
+    root = tmp_path / "data"
+    shutil.copytree(small_synthetic, root, ignore=shutil.ignore_patterns("train*"))
+    (root / "train").mkdir()
+    return root
+
+
+def test_corrupt_jpeg_fails_naming_the_file(synthetic_copy, members, tmp_path):
+    data = find_data(synthetic_copy)
+    names = data.read_csv("sample_submission")["img"].tolist()
+    bad = synthetic_copy / "test" / names[5]
+    bad.write_bytes(b"\xff\xd8 this is not a jpeg" * 10)
+    with pytest.raises(ValueError, match=names[5]) as err:
+        P.predict_submission(members, data, tmp_path / "s.csv.gz", batch_size=2, num_workers=1)
+    assert "cannot decode test image" in str(err.value)
+
+
+def test_missing_checkpoint_fails_naming_the_path(ckpt, tmp_path):
+    missing = tmp_path / "member" / "s1" / "best.pt"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        P.load_members([ckpt, missing])
+    spec = {"members": [{"name": "m", "checkpoint": "member/s1/best.pt", "weight": 1}]}
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        P.members_from_ensemble(spec, tmp_path)
+
+
+def test_interrupted_submit_resumes_to_the_same_file(small_synthetic, members, tmp_path):
+    data = find_data(small_synthetic)
+    kw = {"batch_size": 2, "num_workers": 1, "chunk_size": 4, "progress": False}
+    full = P.predict_submission(members, data, tmp_path / "a" / "submission.csv.gz", **kw)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three_batches(n_done: int) -> None:
+        if n_done >= 6:
+            raise Stop(f"interrupted after {n_done} images")
+
+    out = tmp_path / "b" / "submission.csv.gz"
+    with pytest.raises(Stop):
+        P.predict_submission(members, data, out, on_batch=stop_after_three_batches, **kw)
+    assert not out.exists()  # never a half-written final file
+    resumed = P.predict_submission(members, data, out, **kw)
+    assert resumed.resumed_from >= 4  # at least the first finished chunk was kept
+    assert resumed.resumed_from < full.n_images
+    pd.testing.assert_frame_equal(_read(out), _read(full.path))
+
+
+def test_hflip_tta_is_flip_equivariant(members):
+    """TTA(flip(x)) == flip(TTA(x)): the averaged prediction has no left/right bias."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 96)
+    model = members[0].model
+    a = P.member_probs(model, x, tta=True)
+    b = P.member_probs(model, x.flip(-1), tta=True).flip(-1)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(P.member_probs(model, x, tta=False), a, atol=1e-4)
+
+
+def test_ensemble_of_members_at_two_sizes(ckpt, tmp_path):
+    other = tiny_checkpoint(tmp_path / "b.pt", size=(96, 128), seed=1)
+    two = P.load_members([ckpt, other], weights=[3, 1])
+    torch.manual_seed(0)
+    imgs = [torch.randn(1, 3, 64, 96), torch.randn(1, 3, 96, 128)]
+    mean = P.ensemble_probs(two, imgs, [0, 1], (160, 240), tta=False)
+    p0 = torch.nn.functional.interpolate(
+        P.member_probs(two[0].model, imgs[0], False), (160, 240), mode="bilinear"
+    )
+    p1 = torch.nn.functional.interpolate(
+        P.member_probs(two[1].model, imgs[1], False), (160, 240), mode="bilinear"
+    )
+    torch.testing.assert_close(mean, 0.75 * p0 + 0.25 * p1)
+    vote = P.ensemble_probs(two, imgs, [0, 1], (160, 240), tta=False, mode="vote")
+    torch.testing.assert_close(vote, 0.75 * (p0 > 0.5).float() + 0.25 * (p1 > 0.5).float())
+
+
+def test_score_submission_against_truth(tmp_path):
+    rng = np.random.default_rng(0)
+    masks = [(rng.random((20, 30)) > 0.5).astype(np.uint8) for _ in range(3)]
+    truth = pd.DataFrame({"img": ["a.jpg", "b.jpg", "c.jpg"], "rle_mask": map(rle_encode, masks)})
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    sub = truth.copy()
+    sub.loc[2, "rle_mask"] = ""  # an empty prediction for a non-empty truth
+    sub.to_csv(tmp_path / "sub.csv.gz", index=False)
+    scores = P.score_submission(tmp_path / "sub.csv.gz", tmp_path / "truth.csv", shape=(20, 30))
+    assert scores["dice"].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_kaggle_submit_without_credentials_says_so(tmp_path, monkeypatch, capsys):
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "submission.csv.gz"
+    path.write_bytes(gzip.compress(b"img,rle_mask\n"))
+    assert P.kaggle_submit(path, "test") is False
+    out = capsys.readouterr().out
+    assert "not submitting" in out and "kaggle" in out

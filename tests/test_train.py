@@ -1,0 +1,208 @@
+"""The training engine on tiny synthetic data: artefacts, resume after a real kill, skip, NaN, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from kaggle_utils.checkpoint import load_checkpoint, load_member_model
+from kaggle_utils.config import ConfigError, load_member
+from kaggle_utils.train import (
+    NonFiniteLossError,
+    lr_factor,
+    make_split,
+    prepare_stage,
+    run_stage,
+    split_by_car,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = """\
+name: tiny
+model: {arch: unet, encoder: mobilenet_v2, encoder_weights: null, encoder_depth: 3,
+        decoder_channels: [32, 16, 8]}
+loss: {bce: 1.0, dice: 1.0, boundary_weight: 2.0}
+optimizer: {name: adamw, lr: 0.003}
+schedule: {name: cosine, warmup_epochs: 0.5}
+batch_size: 4
+augment: {hflip: 0.5, shift_scale: false, color: false}
+n_folds: 2
+seed: 3
+num_workers: 0
+cache: true
+max_train_images: 12
+max_val_images: 6
+stages:
+  - {size: 64x96, epochs: 2}
+  - {size: 96x128, epochs: 1}
+"""
+ARTEFACTS = [
+    "last.pt",
+    "best.pt",
+    "metrics.json",
+    "history.csv",
+    "params.json",
+    "oof.csv",
+    "curves.png",
+    "worst.png",
+]
+
+
+@pytest.fixture
+def tiny_member(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def stage(member, data, run_dir, **kw):
+    return run_stage(member, kw.pop("stage", 0), data_dir=data, run_dir=run_dir, device="cpu",
+                     progress=False, **kw)
+
+
+def test_split_by_car_is_disjoint(small_synthetic):
+    from kaggle_utils.index import train_index
+    from kaggle_utils.layout import find_data
+
+    index = train_index(find_data(small_synthetic))
+    seen = []
+    for fold in range(2):
+        train, val = split_by_car(index, 2, fold, seed=0)
+        assert not set(train["car"]) & set(val["car"])
+        assert len(train) + len(val) == len(index)
+        seen += list(val["id"])
+    assert sorted(seen) == sorted(index["id"])
+
+
+def test_folds_csv_from_02_wins(small_synthetic, tiny_member, tmp_path):
+    from kaggle_utils.index import train_index
+    from kaggle_utils.layout import find_data
+
+    index = train_index(find_data(small_synthetic))
+    cars = sorted(index["car"].unique())
+    folds = index[["id", "car"]].assign(fold=index["car"].map({c: int(c == cars[0]) for c in cars}))
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    member = load_member(tiny_member, {"max_train_images": None, "max_val_images": None})
+    train, val, source = make_split(index, member, 1, tmp_path)
+    assert source.endswith("folds.csv") and set(val["car"]) == {cars[0]}
+    assert cars[0] not in set(train["car"])
+
+
+def test_lr_schedule_shapes(tiny_member):
+    member = load_member(tiny_member)
+    f = [lr_factor(s, 100, 10, member, 10) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False)) and f[-1] < 0.05
+    step = load_member(tiny_member, {"schedule.name": "step", "schedule.step_epochs": 2,
+                                     "schedule.gamma": 0.5})
+    assert [lr_factor(s, 100, 0, step, 10) for s in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_stage_writes_every_artefact_and_is_skipped_when_finished(small_synthetic, tiny_member, tmp_path):
+    run_dir = tmp_path / "runs"
+    metrics = stage(tiny_member, small_synthetic, run_dir)
+    stage_dir = run_dir / "tiny" / "s1_64x96"
+    for name in ARTEFACTS:
+        assert (stage_dir / name).is_file(), name
+    history = pd.read_csv(stage_dir / "history.csv")
+    assert list(history["epoch"]) == [1, 2] and history["val_dice"].notna().all()
+    oof = pd.read_csv(stage_dir / "oof.csv")
+    assert len(oof) == 6 and oof["dice"].between(0, 1).all()
+    assert sorted(p.stem for p in (stage_dir / "oof").glob("*.png")) == sorted(oof["id"])
+    import cv2
+
+    png = cv2.imread(str(stage_dir / "oof" / f"{oof['id'][0]}.png"), cv2.IMREAD_UNCHANGED)
+    assert png.shape == (64, 96) and png.dtype == "uint8"
+    # Dice is computed at the data's full resolution (160x240 here, 1280x1918 on Carvana)
+    assert metrics["dice_resolution"] == "160x240" and metrics["best_dice"] == pytest.approx(oof["dice"].mean())
+    assert metrics["images_per_s"] > 0 and metrics["n_train"] == 12 and metrics["n_val"] == 6
+    saved = json.loads((stage_dir / "metrics.json").read_text())
+    assert saved["best_dice"] == metrics["best_dice"] and saved["params_hash"]
+    model, info = load_member_model(stage_dir / "best.pt")
+    assert info["size"] == (64, 96) and info["member"] == "tiny" and info["stage"] == 0
+    assert info["dice"] == pytest.approx(history["val_dice"].max())
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 1280, 1918)).shape == (1, 1, 1280, 1918)
+
+    mtime = (stage_dir / "last.pt").stat().st_mtime_ns
+    again = stage(tiny_member, small_synthetic, run_dir)
+    assert again["skipped"] and (stage_dir / "last.pt").stat().st_mtime_ns == mtime
+    # changed parameters: the stage is not "finished" any more
+    assert prepare_stage(tiny_member, 0, data_dir=small_synthetic, run_dir=run_dir,
+                         overrides={"optimizer.lr": 0.001}).status() == "resume"
+
+    # next stage from this stage's best.pt, with EMA, SGD, accumulation and a step schedule
+    nxt = stage(tiny_member, small_synthetic, run_dir, stage=1, init_checkpoint=stage_dir / "best.pt",
+                overrides={"ema": {"decay": 0.9}, "optimizer.name": "sgd", "accumulate": 2,
+                           "schedule.name": "step", "optimizer.lr": 0.01})
+    assert (run_dir / "tiny" / "s2_96x128" / "best.pt").is_file() and 0 <= nxt["best_dice"] <= 1
+    assert "ema" in load_checkpoint(run_dir / "tiny" / "s2_96x128" / "last.pt")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_synthetic, tiny_member, tmp_path):
+    def poison(loss, epoch, step):
+        return loss * float("nan") if epoch == 1 else loss
+
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2 step 1.*last good checkpoint"):
+        stage(tiny_member, small_synthetic, tmp_path, loss_hook=poison)
+    stage_dir = tmp_path / "tiny" / "s1_64x96"
+    assert load_checkpoint(stage_dir / "last.pt")["epoch"] == 0
+    assert not (stage_dir / "metrics.json").exists()
+
+
+def test_exploding_learning_rate_is_caught(small_synthetic, tiny_member, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="training loss is (nan|inf)"):
+        stage(tiny_member, small_synthetic, tmp_path,
+              overrides={"optimizer.lr": 1e30, "schedule.warmup_epochs": 0, "stages.0.epochs": 4})
+
+
+def test_bad_parameter_fails_before_training(small_synthetic, tiny_member, tmp_path):
+    tiny_member.write_text(TINY.replace("batch_size: 4", "batch_sise: 4"))
+    with pytest.raises(ConfigError, match=rf"{tiny_member}.*'batch_sise'.*did you mean 'batch_size'"):
+        stage(tiny_member, small_synthetic, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+    tiny_member.write_text(TINY.replace("hflip: 0.5", "vflip: 0.5"))
+    with pytest.raises(ConfigError, match="key 'augment'.*vflip"):
+        stage(tiny_member, small_synthetic, tmp_path / "runs")
+
+
+@pytest.mark.slow
+def test_killed_stage_resumes_from_last_pt(small_synthetic, tiny_member, tmp_path):
+    """SIGKILL a real training process right after its first last.pt, mid-epoch; rerunning continues
+    from that checkpoint and ends where an uninterrupted run ends."""
+    overrides = ["--set", "stages.0.epochs=5"]
+    cmd = [sys.executable, "-m", "kaggle_utils.train", str(tiny_member), "--data-dir",
+           str(small_synthetic), "--run-dir", str(tmp_path / "killed"), "--device", "cpu",
+           "--no-progress", *overrides]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    last = tmp_path / "killed" / "tiny" / "s1_64x96" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stage_dir = last.parent
+    killed_at = load_checkpoint(last)["epoch"]
+    assert killed_at < 4 and not (stage_dir / "metrics.json").exists()
+
+    resumed = stage(tiny_member, small_synthetic, tmp_path / "killed",
+                    overrides={"stages.0.epochs": 5})
+    assert resumed["resumed_from_epoch"] == killed_at + 1 > 0
+    history = pd.read_csv(stage_dir / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5]
+
+    straight = stage(tiny_member, small_synthetic, tmp_path / "straight",
+                     overrides={"stages.0.epochs": 5})
+    reference = pd.read_csv(tmp_path / "straight" / "tiny" / "s1_64x96" / "history.csv")
+    pd.testing.assert_series_equal(history["train_loss"], reference["train_loss"], rtol=1e-4)
+    assert resumed["best_dice"] == pytest.approx(straight["best_dice"], abs=1e-4)
