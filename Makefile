@@ -38,11 +38,12 @@ test: venv browser lint
 	@echo ">> running the test suite"
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
+# CPU benchmarks, then the GPU scripts (they say so and exit 0 where no CUDA device exists).
 bench: venv
-	@for b in bench/bench_*.py; do echo ">> $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/bench_*.py bench/gpu_*.py; do echo ">> $$b"; $(PY) $$b || exit 1; done
 
 bench-quick: venv
-	@for b in bench/bench_*.py; do echo ">> $$b --quick"; $(PY) $$b --quick || exit 1; done
+	@for b in bench/bench_*.py bench/gpu_*.py; do echo ">> $$b --quick"; $(PY) $$b --quick || exit 1; done
 
 clean:
 	rm -rf build runs test-artifacts .pytest_cache .ruff_cache

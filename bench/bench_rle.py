@@ -92,20 +92,26 @@ def main(argv: list[str] | None = None) -> int:
     else:
         masks, source = synthetic_car_masks(n), "synthetic car-like masks"
     runs = [len(kaggle_idiom(m).split()) // 2 for m in masks[:8]]
-    print(f"masks: {len(masks)} x {masks[0].shape} {masks[0].dtype}, {source}; "
-          f"runs/mask ~{int(np.mean(runs))}")
+    print(
+        f"masks: {len(masks)} x {masks[0].shape} {masks[0].dtype}, {source}; "
+        f"runs/mask ~{int(np.mean(runs))}"
+    )
 
     base, ref = per_second(kaggle_idiom, masks, min_time)
     ours, got = per_second(rle_encode, masks, min_time)
     ours_bool, got_bool = per_second(rle_encode, [m.astype(bool) for m in masks], min_time)
     same = ref == got == got_bool
-    for s, m in zip(got[:4], masks[:4]):
+    for s, m in zip(got[:4], masks[:4], strict=True):
         same &= bool((rle_decode(s, m.shape) == (m != 0)).all())
     print(f"rle_encode Kaggle idiom (baseline): {base:9.0f} masks/s per core")
-    print(f"rle_encode kaggle_utils uint8     : {ours:9.0f} masks/s per core  "
-          f"ratio {ours / base:5.1f}x (target >= 18x, >= 5,000/s)")
-    print(f"rle_encode kaggle_utils bool      : {ours_bool:9.0f} masks/s per core  "
-          f"ratio {ours_bool / base:5.1f}x")
+    print(
+        f"rle_encode kaggle_utils uint8     : {ours:9.0f} masks/s per core  "
+        f"ratio {ours / base:5.1f}x (target >= 18x, >= 5,000/s)"
+    )
+    print(
+        f"rle_encode kaggle_utils bool      : {ours_bool:9.0f} masks/s per core  "
+        f"ratio {ours_bool / base:5.1f}x"
+    )
     print(f"rle_encode output identical to the idiom: {same}")
     return 0 if same else 1
 

@@ -54,7 +54,7 @@ class ShiftedMasks:
 
     def mask(self, i: int) -> np.ndarray:
         c = self.canvases[i % len(self.canvases)]
-        o = (i * 7919) % (2 * self.pad)
+        o = (i * 7919) % (2 * self.pad) // 8 * 8  # 8-byte aligned, like a fresh array
         return c[o : o + self.n].reshape(self.shape)
 
     def __call__(self, image_id: str) -> np.ndarray:
@@ -120,30 +120,48 @@ class PeakMemory:
 def baseline(source: ShiftedMasks, n: int, tmp: Path, full: int) -> float:
     """The Kaggle way: idiom per mask into a list, then DataFrame.to_csv(gzip). Extrapolated s."""
     ids = bench_ids(n)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     rles = [kaggle_idiom(source.mask(i)) for i in range(n)]
-    t_enc = time.perf_counter() - t0
+    t_enc, cpu_enc = time.perf_counter() - t0, time.process_time() - cpu0
     t0 = time.perf_counter()
     pd.DataFrame({"img": ids, "rle_mask": rles}).to_csv(tmp / "baseline.csv.gz", index=False)
     t_write = time.perf_counter() - t0
     per = (t_enc + t_write) / n
-    print(f"baseline Kaggle idiom, 1 thread: {n / t_enc:7.0f} masks/s encode, "
-          f"{n / t_write:7.0f} rows/s to_csv(gzip) on {n} masks -> {per * full:7.1f} s "
-          f"extrapolated to {full:,} masks")
+    print(f"  baseline encode cpu {n / cpu_enc:.0f} masks/s (wall/cpu {t_enc / cpu_enc:.2f})")
+    print(
+        f"baseline Kaggle idiom, 1 thread: {n / t_enc:7.0f} masks/s encode, "
+        f"{n / t_write:7.0f} rows/s to_csv(gzip) on {n} masks -> {per * full:7.1f} s "
+        f"extrapolated to {full:,} masks"
+    )
     return per * full
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the pool's workers)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def run_processes(source, n, tmp, level, processes, chunk) -> tuple[float, Path]:
     out = tmp / f"proc_{n}.csv.gz"
     with PeakMemory() as mem:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_seconds()
         w = SubmissionWriter(out, bench_ids(n), chunk_size=chunk, compresslevel=level)
         w.write_from(source, processes=processes)
         w.close()
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     size = out.stat().st_size / 2**20
-    print(f"kaggle_utils write_from, {processes} processes: {n:7,} masks in {dt:6.1f} s "
-          f"({n / dt:5.0f} masks/s), {size:.0f} MiB gz; {mem}")
+    print(
+        f"kaggle_utils write_from, {processes} processes: {n:7,} masks in {dt:6.1f} s "
+        f"({n / dt:5.0f} masks/s), {size:.0f} MiB gz; {mem}"
+    )
+    print(
+        f"  cpu {cpu:.1f} s over main+workers = {cpu / processes:.1f} s per core; wall/cpu-per-core "
+        f"{dt / (cpu / processes):.2f} (1.0 = the cores were ours alone; > 1: shared machine)"
+    )
     return dt, out
 
 
@@ -157,8 +175,10 @@ def run_inline(source, n, tmp, level, chunk) -> float:
             for i, image_id in enumerate(ids):
                 w.add(image_id, source.mask(i))
         dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    print(f"kaggle_utils add() inline + 2 gzip threads: {n:7,} masks in {dt:6.1f} s "
-          f"({n / dt:5.0f} masks/s; cpu {cpu:.1f} s); {mem}")
+    print(
+        f"kaggle_utils add() inline + 2 gzip threads: {n:7,} masks in {dt:6.1f} s "
+        f"({n / dt:5.0f} masks/s; cpu {cpu:.1f} s); {mem}"
+    )
     return dt
 
 
@@ -181,21 +201,27 @@ def main(argv: list[str] | None = None) -> int:
     source = ShiftedMasks(bases)
     assert source.shape == MASK_SHAPE
     runs = np.mean([len(kaggle_idiom(source.mask(i)).split()) // 2 for i in range(8)])
-    print(f"masks: {what} shifted per image, {MASK_SHAPE[0]}x{MASK_SHAPE[1]}, ~{runs:.0f} runs; "
-          f"{os.cpu_count()} cores; gzip level {args.level}; chunk {args.chunk}")
+    print(
+        f"masks: {what} shifted per image, {MASK_SHAPE[0]}x{MASK_SHAPE[1]}, ~{runs:.0f} runs; "
+        f"{os.cpu_count()} cores; gzip level {args.level}; chunk {args.chunk}"
+    )
     tmp = Path(tempfile.mkdtemp(prefix="bench_submission_"))
     try:
         base = baseline(source, 200 if args.quick else 500, tmp, n)
         run_processes(source, small, tmp, args.level, args.processes, args.chunk)
         dt, out = run_processes(source, n, tmp, args.level, args.processes, args.chunk)
-        print(f"speed-up vs the extrapolated baseline: {base / dt:5.1f}x; target < 60 s for "
-              f"100,064 masks: {dt * N_TEST / n:.1f} s scaled")
+        print(
+            f"speed-up vs the extrapolated baseline: {base / dt:5.1f}x; target < 60 s for "
+            f"100,064 masks: {dt * N_TEST / n:.1f} s scaled"
+        )
         run_inline(source, small, tmp, args.level, args.chunk)
         t0 = time.perf_counter()
         report = validate_submission(out, bench_ids(n))
         dv = time.perf_counter() - t0
-        print(f"validate_submission: {report.rows:,} rows in {dv:.1f} s ({report.rows / dv:.0f} "
-              f"rows/s), all valid")
+        print(
+            f"validate_submission: {report.rows:,} rows in {dv:.1f} s ({report.rows / dv:.0f} "
+            f"rows/s), all valid"
+        )
         ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"process max RSS over the whole bench (incl. baseline lists): {ru:.0f} MiB")
     finally:

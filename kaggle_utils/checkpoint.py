@@ -7,6 +7,7 @@ Every result file goes through a temporary file in the same folder, flushed and 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -46,10 +47,8 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[io.BufferedWriter], 
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return path
 
@@ -152,7 +151,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # torch raises several kinds for truncated/corrupt files
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a kaggle_utils checkpoint (no 'model' entry)")
     return ckpt

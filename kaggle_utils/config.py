@@ -207,7 +207,9 @@ class EnsembleConfig(_Strict):
     def _folds_in_range(self) -> EnsembleConfig:
         bad = [f for f in self.folds if not 0 <= f < self.n_folds]
         if bad:
-            raise ValueError(f"folds {bad} must lie in 0..{self.n_folds - 1} (n_folds={self.n_folds})")
+            raise ValueError(
+                f"folds {bad} must lie in 0..{self.n_folds - 1} (n_folds={self.n_folds})"
+            )
         return self
 
     def member_paths(self, ensemble_file: str | os.PathLike | None = None) -> list[Path]:
@@ -231,7 +233,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}"
+        )
     return raw
 
 
@@ -268,7 +272,9 @@ def _describe_errors(path: Path | str, model: type[BaseModel], exc: ValidationEr
             lines.append(f"unknown key '{key}'{hint}; allowed keys: {', '.join(allowed)}")
         elif err["type"] == "literal_error":
             expected = err.get("ctx", {}).get("expected", "")
-            lines.append(f"key '{key}': {err['input']!r} is not allowed; allowed values: {expected}")
+            lines.append(
+                f"key '{key}': {err['input']!r} is not allowed; allowed values: {expected}"
+            )
         elif err["type"] == "missing":
             lines.append(f"key '{key}' is required")
         else:
@@ -321,9 +327,7 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> di
     return out
 
 
-def load_member(
-    path: str | os.PathLike, overrides: dict[str, Any] | None = None
-) -> MemberConfig:
+def load_member(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> MemberConfig:
     """Read and validate a member YAML (plus dotted-key overrides); errors name file and key."""
     path = Path(path)
     raw = apply_overrides(_read_yaml(path), overrides)
@@ -347,6 +351,8 @@ def load_ensemble(path: str | os.PathLike, validate_members: bool = True) -> Ens
     if validate_members:
         for rel, member_path in zip(ens.members, ens.member_paths(), strict=True):
             if not member_path.is_file():
-                raise ConfigError(f"{path}: key 'members': member file {rel!r} not found ({member_path})")
+                raise ConfigError(
+                    f"{path}: key 'members': member file {rel!r} not found ({member_path})"
+                )
             load_member(member_path)
     return ens

@@ -175,6 +175,12 @@ def plot_metadata(index: pd.DataFrame, top_n: int = 15) -> Figure:
     return fig
 
 
+def _boxplot(ax, groups: list, labels: list) -> None:
+    """Box plot with tick labels on any matplotlib >= 3.7 (Kaggle's images lag behind)."""
+    ax.boxplot(groups)
+    ax.set_xticks(range(1, len(labels) + 1), [str(x) for x in labels])
+
+
 def plot_coverage(index: pd.DataFrame, top_n: int = 15) -> Figure:
     """Mask coverage (car fraction of the image) by angle (box plot) and by make (mean, top-N)."""
     if "coverage" not in index.columns:
@@ -182,7 +188,7 @@ def plot_coverage(index: pd.DataFrame, top_n: int = 15) -> Figure:
     fig = Figure(figsize=(15, 4.5), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, width_ratios=[1, 1.2])
     angles = sorted(index["angle"].unique())
-    ax1.boxplot([index.loc[index["angle"] == a, "coverage"] for a in angles], tick_labels=angles)
+    _boxplot(ax1, [index.loc[index["angle"] == a, "coverage"] for a in angles], angles)
     ax1.set_xlabel("angle")
     ax1.set_ylabel("car fraction of image")
     ax1.set_title("mask coverage by angle")
@@ -364,7 +370,7 @@ def plot_fold_balance(folds: pd.DataFrame, index: pd.DataFrame, top_n: int = 10)
         ax2.set_axis_off()
     if "coverage" in df.columns and df["coverage"].notna().any():
         fold_ids = sorted(df["fold"].unique())
-        ax3.boxplot([df.loc[df["fold"] == f, "coverage"] for f in fold_ids], tick_labels=fold_ids)
+        _boxplot(ax3, [df.loc[df["fold"] == f, "coverage"] for f in fold_ids], fold_ids)
         ax3.set_title("mask coverage per fold")
         ax3.set_xlabel("fold")
     else:

@@ -75,6 +75,12 @@ class StageRun:
         return self.path / "oof"
 
     def oof_ids(self) -> list[str]:
+        """Validation ids with OOF predictions: oof.csv's (written last, so a PNG left over from
+        an earlier split of a retrained stage never counts), else the PNGs present."""
+        oof_csv = self.path / "oof.csv"
+        if oof_csv.is_file():
+            ids = pd.read_csv(oof_csv, usecols=["id"])["id"].astype(str)
+            return sorted(i for i in ids if (self.oof_dir / f"{i}.png").is_file())
         return sorted(p.stem for p in self.oof_dir.glob("*.png")) if self.oof_dir.is_dir() else []
 
     @property
@@ -381,8 +387,10 @@ def oof_set(
     ids = sorted(common or [])
     if not ids:
         raise ValueError(
-            "the members share no validation image (different folds?): cannot tune an ensemble; "
-            f"members: {[f'{s.member}/{s.stage}' for s in stages]}"
+            "the members share no validation image, so their OOF predictions cannot be "
+            f"combined: {[f'{s.member}/{s.stage}' for s in stages]}. Train them on the same "
+            "split: run 02_split first (every member then reads <run_dir>/folds.csv) and use "
+            "the same fold"
         )
     if max_images is not None and len(ids) > max_images:
         cars = sorted({car_of(i) for i in ids})
@@ -568,21 +576,28 @@ def choose(
     mode: str = "mean",
     tune_weights: bool = True,
     fixed_threshold: float | None = None,
+    min_gain: float = 1e-5,
 ) -> Choice:
     """Coordinate ascent on a coarse non-negative weight grid, threshold scored jointly.
 
-    Starts from equal weights; a member's raw weight moves to another grid value only on a strict
-    improvement of mean OOF Dice, so ties keep the equal ensemble. Weights are normalised to sum 1.
+    Starts from equal weights at threshold 0.5; a member's raw weight moves to another grid value,
+    and the threshold away from 0.5, only when mean OOF Dice gains more than `min_gain`, so ties
+    and noise keep the plain equal-weight ensemble. Weights are normalised to sum 1.
     """
     thr = [fixed_threshold] if fixed_threshold is not None else list(thresholds)
     m = len(oof.members)
     raw = np.ones(m)
+    default_t = int(np.argmin(np.abs(np.asarray(thr) - 0.5)))
 
     def evaluate(cands: np.ndarray) -> np.ndarray:  # (C, T) mean Dice
         return image_dice(oof, cands, thr, mode).mean(0)
 
+    def pick(row: np.ndarray) -> int:
+        t = int(np.argmax(row))
+        return t if row[t] > row[default_t] + min_gain else default_t
+
     cur = evaluate(raw[None])[0]
-    best_t = int(np.argmax(cur))
+    best_t = pick(cur)
     best = float(cur[best_t])
     history = [{"round": 0, "weights": (raw / raw.sum()).round(4).tolist(), "dice": best}]
     if tune_weights and m > 1:
@@ -600,9 +615,11 @@ def choose(
                 if not cands:
                     continue
                 scores = evaluate(np.array(cands))
-                j, t = np.unravel_index(int(np.argmax(scores)), scores.shape)
-                if scores[j, t] > best + 1e-6:
-                    raw, best, best_t, changed = cands[j], float(scores[j, t]), int(t), True
+                picks = [pick(row) for row in scores]
+                j = int(np.argmax([row[t] for row, t in zip(scores, picks, strict=True)]))
+                t = picks[j]
+                if scores[j, t] > best + min_gain:
+                    raw, best, best_t, changed = cands[j], float(scores[j, t]), t, True
                     history.append(
                         {"round": r, "weights": (raw / raw.sum()).round(4).tolist(), "dice": best}
                     )

@@ -27,7 +27,9 @@ def dice_from_binary(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = _flat(pred, n, "pred").bool()
     t = _flat(target, n, "target").bool()
     if p.shape != t.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in size")
+        raise ValueError(
+            f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in size"
+        )
     inter = (p & t).sum(dim=1).double()  # int64 counts: exact for any image size
     total = (p.sum(dim=1) + t.sum(dim=1)).double()
     dice = torch.where(total > 0, 2.0 * inter / total.clamp_min(1.0), torch.ones_like(total))
@@ -59,7 +61,12 @@ def full_res_dice(
         probs = probs[:, None]
     if masks.ndim == 4:
         masks = masks[:, 0]
-    if probs.ndim != 4 or probs.shape[1] != 1 or masks.ndim != 3 or probs.shape[0] != masks.shape[0]:
+    if (
+        probs.ndim != 4
+        or probs.shape[1] != 1
+        or masks.ndim != 3
+        or probs.shape[0] != masks.shape[0]
+    ):
         raise ValueError(
             f"full_res_dice needs probs (N,1,h,w) and masks (N,H,W), got {tuple(probs.shape)} "
             f"and {tuple(masks.shape)}"

@@ -30,7 +30,9 @@ class NotebookExecutionError(RuntimeError):
     ):
         self.notebook, self.output, self.cell = notebook, output, cell
         self.ename, self.evalue, self.source = ename, evalue, source
-        first = next((ln for ln in source.splitlines() if ln.strip() and not ln.startswith("#")), "")
+        first = next(
+            (ln for ln in source.splitlines() if ln.strip() and not ln.startswith("#")), ""
+        )
         where = f"cell {cell}" + (f" (`{first.strip()[:80]}`)" if first else "")
         super().__init__(
             f"{notebook.name} failed in {where}: {ename}: {evalue}\n  executed notebook: {output}"
@@ -89,5 +91,7 @@ def execute_notebook(
             notebook, output, exc.cell_index, exc.ename, exc.evalue, exc.source or ""
         ) from None
     except Exception as exc:
-        raise RuntimeError(f"{notebook.name} could not run ({type(exc).__name__}: {exc}); output {output}") from exc
+        raise RuntimeError(
+            f"{notebook.name} could not run ({type(exc).__name__}: {exc}); output {output}"
+        ) from exc
     return output

@@ -115,7 +115,7 @@ def build_plan(
         nb = notebook_dir / step.notebook
         stem = Path(step.notebook).stem
         if step.key == "01":
-            plan.jobs.append(Job(step, executed / nb.name, dict(common), stem))
+            plan.jobs.append(Job(step, executed / nb.name, {"data_dir": data}, stem))
         elif step.key == "02":
             params = {**common, "n_folds": ens.n_folds, "stratify": ens.stratify, "seed": ens.seed}
             plan.jobs.append(Job(step, executed / nb.name, params, stem))

@@ -3,9 +3,9 @@
 The submit path never holds more than a few batches of masks: a DataLoader's workers read and decode
 the test JPEGs (folder or zip, in place), the model(s) run on the device, probabilities are averaged
 and upsampled to the full frame on the device, thresholded, and the uint8 masks go to
-`submission.SubmissionWriter`, whose process pool RLE-encodes them while the next batch is inferred and
-whose chunk files make an interrupted run resumable. The finished file is validated before it is
-declared done.
+`submission.SubmissionWriter` from a background thread (RLE encode overlaps the next batch's
+inference; the writer's own threads compress), whose chunk files make an interrupted run
+resumable. The finished file is validated before it is declared done.
 """
 
 from __future__ import annotations
@@ -78,17 +78,34 @@ def load_members(
 
 
 def members_from_ensemble(
-    ensemble: dict, run_dir: str | os.PathLike, device: str | torch.device = "cpu"
+    ensemble: dict,
+    run_dir: str | os.PathLike | Sequence[str | os.PathLike],
+    device: str | torch.device = "cpu",
 ) -> list[Member]:
-    """Members named by an `ensemble.yaml` (05's output); checkpoint paths relative to run_dir."""
-    run_dir = Path(run_dir)
+    """Members named by an `ensemble.yaml` (05's output); checkpoint paths relative to run_dir.
+
+    run_dir may be several folders (the run folder and its upstream copies on Kaggle): a relative
+    checkpoint is taken from the first that holds it. Members weighted 0 by the OOF search are
+    skipped (they cannot change the average).
+    """
+    roots = (
+        [Path(run_dir)] if isinstance(run_dir, (str, os.PathLike)) else [Path(r) for r in run_dir]
+    )
     specs = ensemble.get("members") or []
     if not specs:
         raise ValueError("ensemble.yaml lists no members")
+    dropped = [s.get("name", s["checkpoint"]) for s in specs if float(s.get("weight", 1.0)) <= 0]
+    if dropped:
+        print(f"members with weight 0 are not run: {', '.join(map(str, dropped))}", flush=True)
+    specs = [s for s in specs if float(s.get("weight", 1.0)) > 0]
+    if not specs:
+        raise ValueError("every member of the ensemble has weight 0")
     paths = []
     for spec in specs:
         p = Path(spec["checkpoint"])
-        paths.append(p if p.is_absolute() else run_dir / p)
+        if not p.is_absolute():
+            p = next((r / p for r in roots if (r / p).is_file()), roots[0] / p)
+        paths.append(p)
     return load_members(
         paths,
         weights=[float(s.get("weight", 1.0)) for s in specs],
@@ -337,6 +354,53 @@ class _Encoder:
             raise self.error
 
 
+def _fingerprint(members: Sequence[Member], **settings: Any) -> dict:
+    return {
+        "members": [
+            {
+                "checkpoint": str(Path(m.checkpoint).resolve()),
+                "weight": round(m.weight, 6),
+                "size": list(m.size),
+            }  # fmt: skip
+            for m in members
+        ],
+        **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in settings.items()},
+    }
+
+
+def _fingerprint_path(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".parts") / "predict.json"
+
+
+def _check_resume(
+    out_path: Path, members: Sequence[Member], restart: bool, **settings: Any
+) -> None:
+    """Refuse to resume parts that another ensemble wrote (or drop them when restart)."""
+    import json
+
+    parts = out_path.with_name(out_path.name + ".parts")
+    if not parts.is_dir():
+        return
+    if restart:
+        shutil.rmtree(parts)
+        return
+    path = _fingerprint_path(out_path)
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None and old != _fingerprint(members, **settings):
+        raise ValueError(
+            f"{parts} holds parts of an interrupted run with other members or settings "
+            f"({old}); delete that folder or pass restart=True"
+        )
+
+
+def _save_fingerprint(out_path: Path, members: Sequence[Member], **settings: Any) -> None:
+    import json
+
+    from kaggle_utils.checkpoint import atomic_write_text
+
+    atomic_write_text(_fingerprint_path(out_path), json.dumps(_fingerprint(members, **settings)))
+
+
 @dataclass
 class PredictResult:
     path: Path
@@ -365,6 +429,7 @@ def predict_submission(
     on_batch: Callable[[int], None] | None = None,
     progress: bool = True,
     cpu_threads: int | None = None,
+    restart: bool = False,
 ) -> PredictResult:
     """Predict every selected test image and write a validated `submission.csv.gz` (resumable).
 
@@ -372,6 +437,8 @@ def predict_submission(
     batch is handed to the writer (progress hooks; tests use it to interrupt a run for real).
     chunk_size: rows per resumable part; encode_workers: compression threads of the writer;
     cpu_threads: torch threads on the CPU (None: the cores the decode workers leave free).
+    restart: drop the parts of an interrupted run instead of resuming it. Parts written by a
+    different ensemble (checkpoints, weights, threshold, TTA, mode) are never resumed silently.
     """
     from kaggle_utils.submission import SubmissionWriter
 
@@ -397,9 +464,11 @@ def predict_submission(
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    _check_resume(out_path, members, tta=tta, mode=mode, threshold=threshold, restart=restart)
     writer = SubmissionWriter(
         out_path, ids, chunk_size=chunk_size, shape=out_shape, workers=encode_workers
     )
+    _save_fingerprint(out_path, members, tta=tta, mode=mode, threshold=threshold)
     todo = writer.pending_ids()
     done = len(ids) - len(todo)
     if done:

@@ -50,6 +50,7 @@ _PART_MAGIC = b"KUSUBPT1"
 _PART_HEAD = struct.Struct("<8sIQI")  # magic, crc32 of the text, text length, rows
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0, OS unknown
 _MANIFEST = "manifest.json"
+_VALIDATE_BATCH = 8  # rows parsed per vectorised call: small enough to stay in cache
 
 
 class SubmissionError(ValueError):
@@ -250,7 +251,9 @@ class SubmissionWriter:
     ) -> None:
         self.out_path = Path(out_path)
         if not self.out_path.name.endswith(".gz"):
-            raise ValueError(f"{self.out_path}: the submission is written gzip-compressed (.csv.gz)")
+            raise ValueError(
+                f"{self.out_path}: the submission is written gzip-compressed (.csv.gz)"
+            )
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.ids = [str(i) for i in ids]
@@ -361,7 +364,7 @@ class SubmissionWriter:
             mask = [None] * len(batch)
         if len(mask) != len(batch):
             raise SubmissionError(f"{len(batch)} ids but {len(mask)} masks")
-        return sum(self._add_one(i, m) for i, m in zip(batch, mask))
+        return sum(self._add_one(i, m) for i, m in zip(batch, mask, strict=True))
 
     def _add_one(self, image_id: str, mask) -> int:
         k = self._index.get(image_id)
@@ -415,9 +418,13 @@ class SubmissionWriter:
         ``mask_fn`` must be picklable (a module-level function or a ``functools.partial``).
         """
         if self._rows:
-            raise SubmissionError("write_from needs no half-added chunk; add rows up to a chunk end")
+            raise SubmissionError(
+                "write_from needs no half-added chunk; add rows up to a chunk end"
+            )
         self._collect(limit=0)
-        todo = [c for c in range(self._pos // self.chunk_size, self.n_chunks) if c not in self._done]
+        todo = [
+            c for c in range(self._pos // self.chunk_size, self.n_chunks) if c not in self._done
+        ]
         n = processes or os.cpu_count() or 1
         ctx = multiprocessing.get_context(mp_context) if mp_context else None
         with ProcessPoolExecutor(
@@ -618,14 +625,16 @@ def validate_submission(
             dups.append(name)
         seen.add(name)
         batch.append((row, name, rle.strip(b'" ') if comma else None))
-        if len(batch) == 256:
+        if len(batch) == _VALIDATE_BATCH:
             check(batch)
             batch = []
     if batch:
         check(batch)
     problems = []
     if n_bad:
-        problems.append(f"{n_bad} rows with invalid RLE for {shape[0]}x{shape[1]}: " + "; ".join(bad))
+        problems.append(
+            f"{n_bad} rows with invalid RLE for {shape[0]}x{shape[1]}: " + "; ".join(bad)
+        )
     if dups:
         problems.append(f"{len(dups)} duplicated ids: {_examples(sorted(set(dups)), max_examples)}")
     if expected is not None:

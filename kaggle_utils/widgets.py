@@ -72,12 +72,22 @@ class Viewer(widgets.VBox):
     """Controls above a rendered PNG and a caption; re-renders whenever a control changes.
 
     ``controls``: name -> widget; ``image``: ``ipywidgets.Image`` holding the PNG; ``caption``:
-    ``ipywidgets.HTML``; ``arrays``: the numpy arrays of the last render; ``renders``: render count.
+    ``ipywidgets.HTML``; ``arrays``: the numpy arrays of the last render; ``info``: its numbers
+    (id, Dice, band pixels, ...); ``renders``: render count.
     """
 
-    def __init__(self, controls: dict[str, widgets.Widget], draw: Callable[[Viewer], bytes]):
+    def __init__(
+        self,
+        controls: dict[str, widgets.Widget],
+        draw: Callable[[Viewer], bytes],
+        width_px: int = 640,
+    ):
         self.controls = controls
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        # shown at its own pixel size (a flex box would otherwise stretch it to the cell width)
+        self.image = widgets.Image(
+            format="png",
+            layout=widgets.Layout(width=f"{width_px}px", max_width="100%", height="auto"),
+        )
         self.caption = widgets.HTML()
         self.arrays: dict[str, np.ndarray] = {}
         self.info: dict[str, object] = {}
@@ -158,7 +168,7 @@ def mask_overlay_browser(
         v.caption.value = f"<b>{image_id}</b> {about} &middot; car fraction {mask.mean():.3f}"
         return _picture(composite, image_id, width_px)
 
-    return Viewer(controls, draw)
+    return Viewer(controls, draw, width_px)
 
 
 # --------------------------------------------------------------------------- boundary weight viewer
@@ -243,7 +253,7 @@ def boundary_weight_viewer(
         )
         return figure_png(fig)
 
-    return Viewer(controls, draw)
+    return Viewer(controls, draw, width_px)
 
 
 # ------------------------------------------------------------------------- prediction error viewer
@@ -344,4 +354,4 @@ def prediction_error_viewer(
         )
         return _picture(composite, f"{ids[i]}  t={t:.2f}  Dice {dice:.5f}", width_px)
 
-    return Viewer(controls, draw)
+    return Viewer(controls, draw, width_px)

@@ -8,6 +8,7 @@ failure). Screenshots land in ``test-artifacts/browser/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -115,11 +116,12 @@ def lab(tmp_path, repo_root):
         cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/api/status", timeout=2) as r:
+                with no_proxy.open(f"{url}/api/status", timeout=2) as r:
                     if r.status == 200:
                         break
             except OSError:
@@ -133,11 +135,14 @@ def lab(tmp_path, repo_root):
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernels it started
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
         log.close()
 
 

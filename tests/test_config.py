@@ -41,7 +41,9 @@ def test_shipped_params_validate(path):
         assert all(p.is_file() for p in ens.member_paths())
     else:
         member = load_member(full)
-        assert member.stages and all(h % 32 == 0 and w % 32 == 0 for h, w in (s.size for s in member.stages))
+        assert member.stages and all(
+            h % 32 == 0 and w % 32 == 0 for h, w in (s.size for s in member.stages)
+        )
 
 
 def test_full_scale_curriculum_is_the_seeds():
@@ -92,7 +94,9 @@ def test_size_not_multiple_of_32(tmp_path):
 
 def test_bad_choice_lists_allowed_values(tmp_path):
     path = write(tmp_path, MEMBER.replace("name: adamw", "name: rmsprop"))
-    with pytest.raises(ConfigError, match=r"optimizer\.name.*'rmsprop'.*allowed values.*adamw.*sgd"):
+    with pytest.raises(
+        ConfigError, match=r"optimizer\.name.*'rmsprop'.*allowed values.*adamw.*sgd"
+    ):
         load_member(path)
 
 

@@ -76,7 +76,7 @@ def test_bad_member_gets_less_weight(data, tmp_path):
     oof = E.oof_set(E.pick_stages(E.find_stages(tmp_path)), data)
     choice = E.choose(oof)
     singles = E.image_dice(oof, np.eye(2)).mean(0).max(1)
-    assert choice.dice >= singles.max()
+    assert choice.dice >= singles.max() - 1e-5  # min_gain: a threshold move must gain > 1e-5
     good, noisy = choice.weights
     assert good > noisy
 

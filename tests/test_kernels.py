@@ -233,6 +233,11 @@ def test_non_json_notebook_and_numeric_flag_rejected(built, kaggle_api, tmp_path
     del meta["enable_internet"]
     (bundle / "kernel-metadata.json").write_text(json.dumps({**meta, "title": "Something Else"}))
     assert sorted(f for f, _ in kernel_problems(bundle)) == ["enable_internet", "title"]
+    long_title = "A Kernel Title Well Beyond The Fifty Characters Kaggle Takes"
+    meta = {**meta, "enable_internet": False, "title": long_title, "id": "alice/x-" + "y" * 60}
+    (bundle / "kernel-metadata.json").write_text(json.dumps(meta))
+    assert kaggle_api.kernels_push(str(bundle)).version_number == 1  # the CLI lets it through
+    assert [f for f, _ in kernel_problems(bundle)] == ["title"]
 
 
 # ------------------------------------------------------------------ what the build writes
@@ -564,3 +569,16 @@ def test_built_eda_notebook_runs_like_the_local_run(small_synthetic, tmp_path, n
         return [[o.output_type for o in c.get("outputs", [])] for c in nb.cells]
 
     assert kinds(kaggle) == kinds(local)
+
+
+def test_cli_build_dry_run_and_errors(tmp_path, capsys):
+    ensemble = _write_params(tmp_path, members=("m1",), folds=(0,))
+    assert main(["build", str(ensemble), "--owner", "alice", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "carvana-tiny-04-m1-f0" in out and "04_stage_up.ipynb  [gpu]" in out
+    assert "member_file = '/kaggle/input/kaggle-utils-wheel/tiny__m1.yaml'" in out
+    assert not (tmp_path / "build").exists()
+    long_prefix = "carvana-" + "x" * 40
+    assert main(["build", str(ensemble), "--owner", "alice", "--prefix", long_prefix]) == 2
+    assert "longer than 50 characters" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "nothing")]) == 2

@@ -78,7 +78,14 @@ def test_boundary_weights_default_kernel_follows_height():
 
 
 def test_kernel_for_height():
-    assert [kernel_for_height(h) for h in (128, 256, 384, 512, 1024, 1280)] == [11, 21, 21, 21, 41, 51]
+    assert [kernel_for_height(h) for h in (128, 256, 384, 512, 1024, 1280)] == [
+        11,
+        21,
+        21,
+        21,
+        41,
+        51,
+    ]
     heights = range(16, 2049, 16)
     kernels = [kernel_for_height(h) for h in heights]
     assert all(k % 2 == 1 and k >= 3 for k in kernels)
@@ -109,7 +116,14 @@ def test_bce_term_is_boundary_weighted_bce():
 
 def test_combo_is_the_weighted_sum_of_smp_terms():
     logits, target = _batch()
-    spec = {"bce": 0.5, "dice": 1.0, "jaccard": 0.25, "lovasz": 0.5, "focal": 2.0, "boundary_weight": 0}
+    spec = {
+        "bce": 0.5,
+        "dice": 1.0,
+        "jaccard": 0.25,
+        "lovasz": 0.5,
+        "focal": 2.0,
+        "boundary_weight": 0,
+    }
     loss = build_loss(spec)(logits, target)
     expected = (
         0.5 * F.binary_cross_entropy_with_logits(logits, target)
@@ -131,7 +145,9 @@ def test_combo_is_the_weighted_sum_of_smp_terms():
 def test_weighted_dice_equals_smp_dice_with_uniform_weights():
     logits, target = _batch()
     unweighted = build_loss({"dice": 1.0, "weighted_dice": True, "boundary_weight": 0})
-    torch.testing.assert_close(unweighted(logits, target), smp.losses.DiceLoss("binary")(logits, target))
+    torch.testing.assert_close(
+        unweighted(logits, target), smp.losses.DiceLoss("binary")(logits, target)
+    )
     weighted = build_loss({"dice": 1.0, "weighted_dice": True, "kernel": 5})(logits, target)
     assert not torch.isclose(weighted, unweighted(logits, target))
 
@@ -151,7 +167,9 @@ def test_aux_outputs_are_weighted():
 def test_loss_gradients_and_autocast_inputs():
     logits, target = _batch()
     logits = logits.to(torch.bfloat16).requires_grad_()
-    loss = build_loss({"bce": 1.0, "dice": 1.0, "lovasz": 1.0})(logits, target[:, 0])  # (N,H,W) target
+    loss = build_loss({"bce": 1.0, "dice": 1.0, "lovasz": 1.0})(
+        logits, target[:, 0]
+    )  # (N,H,W) target
     assert loss.dtype == torch.float32
     loss.backward()
     assert torch.isfinite(logits.grad.float()).all() and logits.grad.abs().sum() > 0

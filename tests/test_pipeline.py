@@ -37,6 +37,15 @@ def test_dry_run_prints_every_notebook_in_order(tmp_path):
     assert not (tmp_path / "run").exists(), "a dry run must not write anything"
 
 
+def test_every_planned_parameter_is_declared_by_its_notebook():
+    import papermill as pm
+
+    for job in build_plan(DEMO, device="cpu").jobs:
+        declared = pm.inspect_notebook(str(REPO / "notebooks" / job.step.notebook))
+        unknown = set(job.parameters) - set(declared)
+        assert not unknown, f"{job.step.notebook} does not declare {sorted(unknown)}"
+
+
 def test_only_and_from_select_steps():
     only = build_plan(DEMO, only=["01", "05"])
     assert [j.step.key for j in only.jobs] == ["01", "05"]

@@ -117,6 +117,9 @@ def test_interrupted_submit_resumes_to_the_same_file(small_synthetic, members, t
     with pytest.raises(Stop):
         P.predict_submission(members, data, out, on_batch=stop_after_three_batches, **kw)
     assert not out.exists()  # never a half-written final file
+    other = P.load_members([members[0].checkpoint], weights=[1.0])
+    with pytest.raises(ValueError, match="other members or settings"):
+        P.predict_submission(other, data, out, threshold=0.3, **kw)
     resumed = P.predict_submission(members, data, out, **kw)
     assert resumed.resumed_from >= 4  # at least the first finished chunk was kept
     assert resumed.resumed_from < full.n_images
@@ -172,3 +175,61 @@ def test_kaggle_submit_without_credentials_says_so(tmp_path, monkeypatch, capsys
     assert P.kaggle_submit(path, "test") is False
     out = capsys.readouterr().out
     assert "not submitting" in out and "kaggle" in out
+
+
+def test_zipped_test_images_read_in_place(synthetic_copy, members, tmp_path):
+    """test.zip (one top-level folder, as Kaggle ships it) gives the same file as the folder."""
+    import zipfile
+
+    kw = {"batch_size": 4, "num_workers": 1, "chunk_size": 8, "progress": False}
+    from_folder = P.predict_submission(
+        members, find_data(synthetic_copy), tmp_path / "a.csv.gz", **kw
+    )
+    with zipfile.ZipFile(synthetic_copy / "test.zip", "w") as zf:
+        for jpg in sorted((synthetic_copy / "test").glob("*.jpg")):
+            zf.write(jpg, f"test/{jpg.name}")
+    shutil.rmtree(synthetic_copy / "test")
+    data = find_data(synthetic_copy)
+    assert data.test.is_zip
+    from_zip = P.predict_submission(members, data, tmp_path / "b.csv.gz", **kw)
+    pd.testing.assert_frame_equal(_read(from_zip.path), _read(from_folder.path))
+
+
+KILLED_RUN = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from kaggle_utils import predict as P
+from kaggle_utils.layout import find_data
+members = P.load_members([{ckpt!r}])
+P.predict_submission(
+    members, find_data({data!r}), {out!r}, batch_size=1, num_workers=0, chunk_size=2,
+    progress=False, on_batch=lambda n: time.sleep(0.5),
+)
+"""
+
+
+@pytest.mark.slow
+def test_killed_submit_resumes_to_the_same_file(small_synthetic, ckpt, members, tmp_path):
+    """SIGKILL mid-run (no cleanup at all), then resume: same file as an uninterrupted run."""
+    import subprocess
+    import sys
+    import time
+
+    data = find_data(small_synthetic)
+    kw = {"batch_size": 1, "num_workers": 0, "chunk_size": 2, "progress": False}
+    full = P.predict_submission(members, data, tmp_path / "a" / "submission.csv.gz", **kw)
+    out = tmp_path / "b" / "submission.csv.gz"
+    script = KILLED_RUN.format(
+        tests=str(Path(__file__).parent), ckpt=str(ckpt), data=str(small_synthetic), out=str(out)
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    part = out.with_name(out.name + ".parts") / "part-000001.bin"
+    deadline = time.monotonic() + 300
+    while not part.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert part.exists() and not out.exists(), "the run should have been killed mid-way"
+    resumed = P.predict_submission(members, data, out, **kw)
+    assert 4 <= resumed.resumed_from < full.n_images
+    pd.testing.assert_frame_equal(_read(out), _read(full.path))

@@ -65,8 +65,15 @@ def tiny_member(tmp_path) -> Path:
 
 
 def stage(member, data, run_dir, **kw):
-    return run_stage(member, kw.pop("stage", 0), data_dir=data, run_dir=run_dir, device="cpu",
-                     progress=False, **kw)
+    return run_stage(
+        member,
+        kw.pop("stage", 0),
+        data_dir=data,
+        run_dir=run_dir,
+        device="cpu",
+        progress=False,
+        **kw,
+    )
 
 
 def test_split_by_car_is_disjoint(small_synthetic):
@@ -102,12 +109,16 @@ def test_lr_schedule_shapes(tiny_member):
     f = [lr_factor(s, 100, 10, member, 10) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0) and f[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False)) and f[-1] < 0.05
-    step = load_member(tiny_member, {"schedule.name": "step", "schedule.step_epochs": 2,
-                                     "schedule.gamma": 0.5})
+    step = load_member(
+        tiny_member, {"schedule.name": "step", "schedule.step_epochs": 2, "schedule.gamma": 0.5}
+    )
     assert [lr_factor(s, 100, 0, step, 10) for s in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
 
 
-def test_stage_writes_every_artefact_and_is_skipped_when_finished(small_synthetic, tiny_member, tmp_path):
+@pytest.mark.slow
+def test_stage_writes_every_artefact_and_is_skipped_when_finished(
+    small_synthetic, tiny_member, tmp_path
+):
     run_dir = tmp_path / "runs"
     metrics = stage(tiny_member, small_synthetic, run_dir)
     stage_dir = run_dir / "tiny" / "s1_64x96"
@@ -123,7 +134,9 @@ def test_stage_writes_every_artefact_and_is_skipped_when_finished(small_syntheti
     png = cv2.imread(str(stage_dir / "oof" / f"{oof['id'][0]}.png"), cv2.IMREAD_UNCHANGED)
     assert png.shape == (64, 96) and png.dtype == "uint8"
     # Dice is computed at the data's full resolution (160x240 here, 1280x1918 on Carvana)
-    assert metrics["dice_resolution"] == "160x240" and metrics["best_dice"] == pytest.approx(oof["dice"].mean())
+    assert metrics["dice_resolution"] == "160x240" and metrics["best_dice"] == pytest.approx(
+        oof["dice"].mean()
+    )
     assert metrics["images_per_s"] > 0 and metrics["n_train"] == 12 and metrics["n_val"] == 6
     saved = json.loads((stage_dir / "metrics.json").read_text())
     assert saved["best_dice"] == metrics["best_dice"] and saved["params_hash"]
@@ -137,13 +150,32 @@ def test_stage_writes_every_artefact_and_is_skipped_when_finished(small_syntheti
     again = stage(tiny_member, small_synthetic, run_dir)
     assert again["skipped"] and (stage_dir / "last.pt").stat().st_mtime_ns == mtime
     # changed parameters: the stage is not "finished" any more
-    assert prepare_stage(tiny_member, 0, data_dir=small_synthetic, run_dir=run_dir,
-                         overrides={"optimizer.lr": 0.001}).status() == "resume"
+    assert (
+        prepare_stage(
+            tiny_member,
+            0,
+            data_dir=small_synthetic,
+            run_dir=run_dir,
+            overrides={"optimizer.lr": 0.001},
+        ).status()
+        == "resume"
+    )
 
     # next stage from this stage's best.pt, with EMA, SGD, accumulation and a step schedule
-    nxt = stage(tiny_member, small_synthetic, run_dir, stage=1, init_checkpoint=stage_dir / "best.pt",
-                overrides={"ema": {"decay": 0.9}, "optimizer.name": "sgd", "accumulate": 2,
-                           "schedule.name": "step", "optimizer.lr": 0.01})
+    nxt = stage(
+        tiny_member,
+        small_synthetic,
+        run_dir,
+        stage=1,
+        init_checkpoint=stage_dir / "best.pt",
+        overrides={
+            "ema": {"decay": 0.9},
+            "optimizer.name": "sgd",
+            "accumulate": 2,
+            "schedule.name": "step",
+            "optimizer.lr": 0.01,
+        },
+    )
     assert (run_dir / "tiny" / "s2_96x128" / "best.pt").is_file() and 0 <= nxt["best_dice"] <= 1
     assert "ema" in load_checkpoint(run_dir / "tiny" / "s2_96x128" / "last.pt")
 
@@ -152,7 +184,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_synthetic, tiny_mem
     def poison(loss, epoch, step):
         return loss * float("nan") if epoch == 1 else loss
 
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2 step 1.*last good checkpoint"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss is nan at epoch 2 step 1.*last good checkpoint"
+    ):
         stage(tiny_member, small_synthetic, tmp_path, loss_hook=poison)
     stage_dir = tmp_path / "tiny" / "s1_64x96"
     assert load_checkpoint(stage_dir / "last.pt")["epoch"] == 0
@@ -161,17 +195,23 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_synthetic, tiny_mem
 
 def test_exploding_learning_rate_is_caught(small_synthetic, tiny_member, tmp_path):
     with pytest.raises(NonFiniteLossError, match="training loss is (nan|inf)"):
-        stage(tiny_member, small_synthetic, tmp_path,
-              overrides={"optimizer.lr": 1e30, "schedule.warmup_epochs": 0, "stages.0.epochs": 4})
+        stage(
+            tiny_member,
+            small_synthetic,
+            tmp_path,
+            overrides={"optimizer.lr": 1e30, "schedule.warmup_epochs": 0, "stages.0.epochs": 4},
+        )
 
 
 def test_bad_parameter_fails_before_training(small_synthetic, tiny_member, tmp_path):
     tiny_member.write_text(TINY.replace("batch_size: 4", "batch_sise: 4"))
-    with pytest.raises(ConfigError, match=rf"{tiny_member}.*'batch_sise'.*did you mean 'batch_size'"):
+    with pytest.raises(
+        ConfigError, match=rf"(?s){tiny_member}.*'batch_sise'.*did you mean 'batch_size'"
+    ):
         stage(tiny_member, small_synthetic, tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
     tiny_member.write_text(TINY.replace("hflip: 0.5", "vflip: 0.5"))
-    with pytest.raises(ConfigError, match="key 'augment'.*vflip"):
+    with pytest.raises(ConfigError, match="(?s)key 'augment'.*vflip"):
         stage(tiny_member, small_synthetic, tmp_path / "runs")
 
 
@@ -180,9 +220,20 @@ def test_killed_stage_resumes_from_last_pt(small_synthetic, tiny_member, tmp_pat
     """SIGKILL a real training process right after its first last.pt, mid-epoch; rerunning continues
     from that checkpoint and ends where an uninterrupted run ends."""
     overrides = ["--set", "stages.0.epochs=5"]
-    cmd = [sys.executable, "-m", "kaggle_utils.train", str(tiny_member), "--data-dir",
-           str(small_synthetic), "--run-dir", str(tmp_path / "killed"), "--device", "cpu",
-           "--no-progress", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kaggle_utils.train",
+        str(tiny_member),
+        "--data-dir",
+        str(small_synthetic),
+        "--run-dir",
+        str(tmp_path / "killed"),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *overrides,
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     last = tmp_path / "killed" / "tiny" / "s1_64x96" / "last.pt"
     deadline = time.time() + 300
@@ -195,14 +246,16 @@ def test_killed_stage_resumes_from_last_pt(small_synthetic, tiny_member, tmp_pat
     killed_at = load_checkpoint(last)["epoch"]
     assert killed_at < 4 and not (stage_dir / "metrics.json").exists()
 
-    resumed = stage(tiny_member, small_synthetic, tmp_path / "killed",
-                    overrides={"stages.0.epochs": 5})
+    resumed = stage(
+        tiny_member, small_synthetic, tmp_path / "killed", overrides={"stages.0.epochs": 5}
+    )
     assert resumed["resumed_from_epoch"] == killed_at + 1 > 0
     history = pd.read_csv(stage_dir / "history.csv")
     assert list(history["epoch"]) == [1, 2, 3, 4, 5]
 
-    straight = stage(tiny_member, small_synthetic, tmp_path / "straight",
-                     overrides={"stages.0.epochs": 5})
+    straight = stage(
+        tiny_member, small_synthetic, tmp_path / "straight", overrides={"stages.0.epochs": 5}
+    )
     reference = pd.read_csv(tmp_path / "straight" / "tiny" / "s1_64x96" / "history.csv")
     pd.testing.assert_series_equal(history["train_loss"], reference["train_loss"], rtol=1e-4)
     assert resumed["best_dice"] == pytest.approx(straight["best_dice"], abs=1e-4)

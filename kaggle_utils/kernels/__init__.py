@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wait=args.wait,
                 poll_s=args.poll,
             )
-    except (BundleError, PushError, ValueError, FileNotFoundError) as exc:
+    except (BundleError, PushError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

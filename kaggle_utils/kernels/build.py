@@ -39,6 +39,7 @@ import yaml
 from kaggle_utils.kernels.validate import (
     DATASET_METADATA_FILE,
     KERNEL_METADATA_FILE,
+    MAX_TITLE,
     OWNER_RE,
     SLUG_RE,
     BundleError,
@@ -297,6 +298,12 @@ def plan_kernels(
     )
 
     slugs = [k.slug for k in kernels]
+    too_long = [s for s in slugs if len(s) > MAX_TITLE]
+    if too_long:
+        raise ValueError(
+            f"{ensemble_path}: kernel slugs longer than {MAX_TITLE} characters (Kaggle's title "
+            f"limit): {too_long}; pass a shorter --prefix or shorten the member names"
+        )
     duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
     if duplicates:
         raise ValueError(f"{ensemble_path}: member names give the same kernel slug: {duplicates}")

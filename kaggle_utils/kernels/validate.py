@@ -4,7 +4,7 @@
 `KaggleApi.kernels_push` in kaggle/api/kaggle_api_extended.py); the rules below reproduce those
 checks one by one, so a bundle that passes here is one the CLI sends. A few rules are stricter than
 the CLI because the server (or our workflow) rejects what the CLI lets through: the owner and slug
-syntax, a title that resolves to the slug (the CLI only warns), `enable_internet` stated explicitly
+syntax, a title of at most 50 characters that resolves to the slug (the CLI only warns), `enable_internet` stated explicitly
 (the CLI's default is on), and a notebook that is a valid nbformat document. Every problem names
 the file and the field.
 """
@@ -32,6 +32,7 @@ LIST_FIELDS = (
     "model_sources",
     "keywords",
 )
+MAX_TITLE = 50  # Kaggle's limit on kernel titles (the server fails on longer ones)
 # Kaggle's slug syntax (KaggleApi._validate_slug_syntax): lowercase words joined by single hyphens.
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 OWNER_RE = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
@@ -182,6 +183,9 @@ def kernel_problems(folder: str | os.PathLike) -> list[tuple[str, str]]:
         )
     elif len(title) < 5:
         problems.append(("title", f"{title!r} must be at least five characters"))
+    elif len(title) > MAX_TITLE:
+        # the CLI sends it; Kaggle answers a bare "500 internal server error"
+        problems.append(("title", f"{title!r} is longer than {MAX_TITLE} characters"))
     elif slug and slugify_title(title) != slug:
         problems.append(
             ("title", f"{title!r} resolves to slug {slugify_title(title)!r}, not the id's {slug!r}")

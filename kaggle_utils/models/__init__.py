@@ -10,11 +10,10 @@ fails with a message saying how to fix it), or a local .safetensors/.pth path (K
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import inspect
 
 import segmentation_models_pytorch as smp
 from torch import nn
@@ -82,7 +81,7 @@ def _smp_builder(name: str) -> Callable[..., nn.Module]:
     def build(encoder: str, encoder_weights: Any, in_channels: int, classes: int, **extras: Any):
         local = encoder_weights is not None and is_weights_path(encoder_weights)
         named = None if local else encoder_weights
-        with download_errors(encoder, str(named)):
+        with download_errors(encoder, named):
             model = smp.create_model(
                 name,
                 encoder_name=encoder,
@@ -132,7 +131,9 @@ def build_model(spec: Mapping[str, Any]) -> SegmentationModel:
     encoder = spec.get("encoder") or arch.default_encoder
     weights = spec.get("encoder_weights")
     if weights is not None and not isinstance(weights, str) and not is_weights_path(weights):
-        raise ValueError(f"encoder_weights must be null, a weights name or a file path, got {weights!r}")
+        raise ValueError(
+            f"encoder_weights must be null, a weights name or a file path, got {weights!r}"
+        )
     weights = str(weights) if weights is not None else None
     classes = int(spec.get("classes", 1))
     in_channels = int(spec.get("in_channels", 3))
@@ -143,7 +144,7 @@ def build_model(spec: Mapping[str, Any]) -> SegmentationModel:
         allowed = _smp_keywords(arch.name)
     if allowed is not None:
         for key in extras:
-            if key in FIXED_KEYS:
+            if arch.family == "refinenet" and key in FIXED_KEYS:
                 raise ValueError(f"model key {key!r} is fixed by arch {arch.name!r}; remove it")
             if key not in allowed:
                 raise ValueError(

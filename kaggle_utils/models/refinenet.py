@@ -140,7 +140,7 @@ class RefineNet(nn.Module):
         super().__init__()
         local = encoder_weights is not None and is_weights_path(encoder_weights)
         named = None if local else encoder_weights
-        with download_errors(encoder_name, str(named)):
+        with download_errors(encoder_name, named):
             self.encoder = get_encoder(
                 encoder_name, in_channels=in_channels, depth=encoder_depth, weights=named
             )

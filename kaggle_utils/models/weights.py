@@ -50,8 +50,11 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
-def download_errors(encoder: str, weights: str) -> Iterator[None]:
+def download_errors(encoder: str, weights: str | None) -> Iterator[None]:
     """Turn the network errors of smp's weight download into one message that says how to fix it."""
+    if weights is None:  # nothing is downloaded; let any error through unchanged
+        yield
+        return
     try:
         yield
     except _network_errors() as exc:
@@ -82,10 +85,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle / zip errors come in several kinds
-            raise ValueError(f"encoder weights file {path} cannot be read as a torch file: {exc}") from exc
+            raise ValueError(
+                f"encoder weights file {path} cannot be read as a torch file: {exc}"
+            ) from exc
     for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
         if isinstance(state, Mapping) and not _is_tensor_dict(state):
-            inner = next((state[k] for k in _WRAPPER_KEYS if isinstance(state.get(k), Mapping)), None)
+            inner = next(
+                (state[k] for k in _WRAPPER_KEYS if isinstance(state.get(k), Mapping)), None
+            )
             if inner is None:
                 break
             state = inner
