@@ -6,9 +6,10 @@ histograms of the (quantised, 1/255) ensemble probability split by truth, so one
 scores a whole grid of thresholds at once.
 
 Weights are chosen by coordinate ascent on a coarse non-negative grid (normalised to sum 1), starting
-from equal weights and accepting only strict improvements, so ties keep the simpler equal ensemble.
+from equal weights at threshold 0.5 and accepting a move only when it gains more than `min_gain`.
 The choice is cross-validated by car: choose on half the validation cars and score on the other half,
-and vice versa (`cross_validate`), which says how much of the gain is real.
+and vice versa (`cross_validate`); `keep_if_it_holds` then keeps the tuned choice only when it beats
+equal weights and the best single member on held-out cars (tiny validation sets overfit).
 
 hflip TTA: stored OOF predictions (<run_dir>/<member>/<stage>/oof/*.png) are whatever the training
 loop saved (no TTA), so TTA on/off is scored by re-predicting the validation images with the stage's
@@ -682,6 +683,42 @@ def cross_validate(oof: OOFSet, seed: int = 0, **choose_kw: Any) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def keep_if_it_holds(
+    oof: OOFSet,
+    choice: Choice,
+    cv: pd.DataFrame,
+    mode: str = "mean",
+    fixed_threshold: float | None = None,
+) -> tuple[Choice, str]:
+    """Whichever of three held up best on held-out cars (`cross_validate`): the tuned choice,
+    equal weights, or the best single member (both at the default threshold). A small validation
+    set overfits: then the search found noise and the plain choice is safer. Ties keep the tuned
+    choice. Returns the choice and a sentence saying which and why."""
+    held = {
+        "tuned": float(cv["heldout_dice"].mean()),
+        "equal": float(cv["heldout_equal@0.5"].mean()),
+        "single": float(cv["heldout_best_single@0.5"].mean()),
+    }
+    winner = max(held, key=lambda k: (held[k], k == "tuned"))
+    scores = ", ".join(f"{k} {v:.5f}" for k, v in held.items())
+    if winner == "tuned":
+        return choice, f"tuned choice kept: held-out Dice {scores}"
+    m = len(oof.members)
+    t = 0.5 if fixed_threshold is None else fixed_threshold
+    if winner == "equal":
+        w = np.full(m, 1.0 / m)
+    else:
+        singles = image_dice(oof, np.eye(m), [t], mode).mean(0)[:, 0]
+        w = np.eye(m)[int(np.argmax(singles))]
+    dice = float(image_dice(oof, w[None], [t], mode).mean())
+    plain = Choice([float(x) for x in w], t, dice, choice.history)
+    label = "equal weights" if winner == "equal" else f"{oof.members[int(np.argmax(w))]} alone"
+    return plain, (
+        f"{label} at threshold {t} instead of the tuned choice: held-out Dice {scores} "
+        "(the search fitted noise in a small validation set)"
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # ensemble.yaml
 
@@ -731,7 +768,7 @@ def write_ensemble(spec: dict, path: str | os.PathLike) -> Path:
     """Write ensemble.yaml atomically."""
     import yaml
 
-    from kaggle_utils.checkpoint import atomic_write_text
+    from kaggle_utils.atomic import atomic_write_text
 
     return atomic_write_text(path, yaml.safe_dump(spec, sort_keys=False))
 

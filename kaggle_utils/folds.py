@@ -132,7 +132,7 @@ def check_folds(folds: pd.DataFrame, source: str = "folds") -> pd.DataFrame:
 
 def save_folds(folds: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write ``id,car,fold`` atomically; refuse a split where a car appears in two folds."""
-    from kaggle_utils.checkpoint import atomic_write_text
+    from kaggle_utils.atomic import atomic_write_text
 
     path = Path(path)
     check_folds(folds, source=f"refusing to write {path}")

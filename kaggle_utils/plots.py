@@ -28,7 +28,7 @@ __all__ = [
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     """PNG written atomically (a kill never leaves half a figure)."""
-    from kaggle_utils.checkpoint import atomic_write_bytes
+    from kaggle_utils.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")

@@ -396,7 +396,7 @@ def _check_resume(
 def _save_fingerprint(out_path: Path, members: Sequence[Member], **settings: Any) -> None:
     import json
 
-    from kaggle_utils.checkpoint import atomic_write_text
+    from kaggle_utils.atomic import atomic_write_text
 
     atomic_write_text(_fingerprint_path(out_path), json.dumps(_fingerprint(members, **settings)))
 

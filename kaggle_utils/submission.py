@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import shutil
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kaggle_utils.atomic import atomic_write
 from kaggle_utils.rle import MASK_SHAPE, _fast_tokens, rle_encode, rle_runs
 
 __all__ = [
@@ -60,30 +60,6 @@ class SubmissionError(ValueError):
 def _examples(items: Sequence[str], k: int = 5) -> str:
     shown = ", ".join(str(i) for i in list(items)[:k])
     return shown + (", ..." if len(items) > k else "")
-
-
-# ----------------------------------------------------------------------------- atomic files
-
-
-def atomic_write(path: str | os.PathLike, writer: Callable) -> Path:
-    """``writer(fileobj)`` into a temp file beside ``path``, fsync, rename over ``path``.
-
-    Same contract as ``kaggle_utils.checkpoint.atomic_write``, kept here so the writer and its
-    worker processes do not import torch (checkpoint does) just to write CSV parts.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ------------------------------------------------------------------------------------ ids

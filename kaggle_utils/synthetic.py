@@ -32,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kaggle_utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from kaggle_utils.imageio import encode_jpeg, encode_mask_gif
 
 N_ANGLES = 16
@@ -520,29 +521,6 @@ def _car_ids(
     return out
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Write beside the target then rename: a killed generator never leaves a half file.
-
-    (Like ``checkpoint.atomic_write_bytes`` without the fsync per file and the torch import:
-    hundreds of images are written, and the completion marker is what a rerun trusts.)
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _write(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: dict) -> None:
-    _write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-
-
 def _rle(mask: np.ndarray) -> str:
     from kaggle_utils.rle import rle_encode
 
@@ -616,9 +594,11 @@ def generate(
         for angle in range(1, N_ANGLES + 1):
             name = f"{cid}_{angle:02d}"
             img, mask = render_view(car, angle, (h, w), bg)
-            _write(out / split / f"{name}.jpg", encode_jpeg(img, quality))
+            atomic_write_bytes(out / split / f"{name}.jpg", encode_jpeg(img, quality), fsync=False)
             if split == "train":
-                _write(out / "train_masks" / f"{name}_mask.gif", encode_mask_gif(mask))
+                atomic_write_bytes(
+                    out / "train_masks" / f"{name}_mask.gif", encode_mask_gif(mask), fsync=False
+                )
                 train_rows.append((f"{name}.jpg", _rle(mask)))
             else:
                 test_rows.append((f"{name}.jpg", _rle(mask)))

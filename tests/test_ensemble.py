@@ -125,3 +125,15 @@ def test_members_sharing_no_image_fail_clearly(data, tmp_path):
     stages = E.find_stages(tmp_path) + E.find_stages(tmp_path / "x")
     with pytest.raises(ValueError, match="share no validation image"):
         E.oof_set(stages, data)
+
+
+def test_keep_if_it_holds_prefers_what_cross_validates(oof):
+    choice = E.choose(oof)
+    cv = E.cross_validate(oof)
+    kept, why = E.keep_if_it_holds(oof, choice, cv)
+    assert kept.weights == choice.weights and "kept" in why  # averaging really helps here
+    worse = cv.assign(**{"heldout_dice": 0.0, "heldout_equal@0.5": 0.1})
+    single, why = E.keep_if_it_holds(oof, choice, worse)
+    assert sorted(single.weights) == [0.0, 1.0] and "alone" in why and single.threshold == 0.5
+    equal, why = E.keep_if_it_holds(oof, choice, cv.assign(heldout_dice=0.0))
+    assert equal.weights == [0.5, 0.5] and "equal weights" in why

@@ -1,0 +1,54 @@
+"""Atomic file writes: a kill at any moment leaves either the old file or the new one, never half.
+
+Kept free of torch so light modules (submission writer workers, synthetic data, folds) can use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+
+
+def atomic_write(
+    path: str | os.PathLike, writer: Callable[[IO[bytes]], Any], *, fsync: bool = True
+) -> Path:
+    """Call `writer(fileobj)` on a temp file beside `path`, then rename it over `path`.
+
+    `fsync=False` skips the flush to disk (still atomic against a killed process, not against a
+    power cut): for many small files that can be regenerated, such as synthetic data.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
+    return atomic_write(path, lambda f: f.write(data), fsync=fsync)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, fsync: bool = True) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    return atomic_write_text(path, text, fsync=fsync)
