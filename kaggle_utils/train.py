@@ -112,10 +112,14 @@ def make_split(
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """(train, val, source): `<run_dir>/folds.csv` from 02_split when present, else `split_by_car`.
 
+    On Kaggle 02 runs in its own kernel: its folds.csv is found under the upstream kernel's output.
+
     The member's `max_train_images` / `max_val_images` caps keep whole cars where possible
     (a seeded choice of cars, then images) so validation stays car-disjoint.
     """
-    folds_csv = Path(run_dir) / "folds.csv" if run_dir else None
+    from kaggle_utils.environment import find_input
+
+    folds_csv = find_input(Path(run_dir) / "folds.csv") if run_dir else None
     if folds_csv is not None and folds_csv.exists():
         from kaggle_utils.folds import load_folds
 
@@ -459,7 +463,7 @@ def prepare_stage(
     if "mask" in index.columns:
         index = index[index["mask"].notna()].reset_index(drop=True)
     run_path = resolve_run_dir(run_dir)
-    train, val, source = make_split(index, member, fold, run_path)
+    train, val, source = make_split(index, member, fold, run_dir)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"split {source} left {len(train)} train / {len(val)} val images")
     stage_dir = stage_dir_for(run_path, member, stage, fold)

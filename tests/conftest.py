@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Small CPU tests on few cores: spinning OpenMP threads waste them (see kaggle_utils.train).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLE = Path(os.environ.get("CARVANA_SAMPLE", REPO.parent / "shared" / "carvana_sample"))
 

@@ -259,3 +259,29 @@ def test_killed_stage_resumes_from_last_pt(small_synthetic, tiny_member, tmp_pat
     reference = pd.read_csv(tmp_path / "straight" / "tiny" / "s1_64x96" / "history.csv")
     pd.testing.assert_series_equal(history["train_loss"], reference["train_loss"], rtol=1e-4)
     assert resumed["best_dice"] == pytest.approx(straight["best_dice"], abs=1e-4)
+
+
+def test_folds_csv_from_an_upstream_kaggle_kernel_is_used(
+    small_synthetic, tiny_member, tmp_path, monkeypatch
+):
+    """On Kaggle 02_split runs in its own kernel; members must read its folds.csv, not re-split."""
+    from kaggle_utils import environment
+    from kaggle_utils.index import train_index
+    from kaggle_utils.layout import find_data
+
+    inp, work = tmp_path / "input", tmp_path / "working"
+    work.mkdir()
+    monkeypatch.setattr(environment, "KAGGLE_INPUT", inp)
+    monkeypatch.setattr(environment, "KAGGLE_WORKING", work)
+    index = train_index(find_data(small_synthetic))
+    cars = sorted(index["car"].unique())
+    folds = index[["id", "car"]].assign(
+        fold=index["car"].map({c: int(c == cars[-1]) for c in cars})
+    )
+    upstream = inp / "carvana-demo-02-split" / "runs" / "demo"
+    upstream.mkdir(parents=True)
+    folds.to_csv(upstream / "folds.csv", index=False)
+    member = load_member(tiny_member, {"max_train_images": None, "max_val_images": None})
+    train, val, source = make_split(index, member, 1, "runs/demo")
+    assert source == str(upstream / "folds.csv")
+    assert set(val["car"]) == {cars[-1]} and cars[-1] not in set(train["car"])
