@@ -56,6 +56,8 @@ class JobResult:
 
 @dataclass
 class Plan:
+    run_dir: Path
+    data_dir: str | None = None
     jobs: list[Job] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -109,7 +111,7 @@ def build_plan(
     run = Path(run_dir or ens.run_dir or f"runs/{ens.name}").resolve()
     executed = run / "executed"
     common: dict[str, Any] = {"data_dir": data, "run_dir": str(run)}
-    plan = Plan()
+    plan = Plan(run, data)
     slot = 0
     for step in _select_steps(only, start):
         nb = notebook_dir / step.notebook
@@ -201,6 +203,40 @@ def run_plan(plan: Plan, jobs: int = 1, notebook_dir: Path = NOTEBOOK_DIR) -> li
     return results
 
 
+def summarize(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> str:
+    """What the run reached: best Dice per member stage, the ensemble's OOF Dice, and the
+    submission's score where the test truth is known (the synthetic data ships it)."""
+    import pandas as pd
+    import yaml
+
+    run = Path(run_dir)
+    lines = []
+    tables = [pd.read_csv(p) for p in sorted(run.glob("**/stages.csv"))]
+    if tables:
+        stages = pd.concat(tables)[["member", "stage_name", "best_dice", "time_s"]]
+        lines.append("validation Dice (held-out cars, full resolution):")
+        lines.append(stages.to_string(index=False))
+    if (run / "ensemble.yaml").is_file():
+        spec = yaml.safe_load((run / "ensemble.yaml").read_text())
+        lines.append(f"ensemble OOF Dice: {spec.get('oof_dice')}")
+    truth = Path(data_dir) / "test_masks.csv" if data_dir else None
+    sub = run / "submission.csv.gz"
+    if sub.is_file() and truth is not None and truth.is_file():
+        from kaggle_utils.predict import score_submission
+
+        scores = score_submission(sub, truth, shape=_image_shape(Path(data_dir)))
+        lines.append(f"submission score on the synthetic test masks: {scores['dice'].mean():.5f}")
+    return "\n".join(lines)
+
+
+def _image_shape(data_dir: Path) -> tuple[int, int]:
+    from kaggle_utils.layout import find_data
+
+    data = find_data(data_dir)
+    first = data.test.names()[0]
+    return data.load_image(first.rsplit(".", 1)[0], split="test").shape[:2]
+
+
 def ensure_synthetic(data_dir: str | os.PathLike, **options: Any) -> Path:
     """Generate the embedded default dataset (the generator skips a complete, identical set)."""
     from kaggle_utils.synthetic import generate
@@ -260,6 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for r in failed:
         print(f"   FAILED {r.label}: {r.error}", flush=True)
+    summary = summarize(plan.run_dir, plan.data_dir)
+    if summary:
+        from kaggle_utils.atomic import atomic_write_text
+
+        print(summary, flush=True)
+        atomic_write_text(plan.run_dir / "summary.txt", summary + "\n")
     return 1 if failed else 0
 
 

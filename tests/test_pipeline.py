@@ -107,3 +107,4 @@ def test_a_failed_member_is_reported_and_the_others_finish(tmp_path, small_synth
     assert "[ok    ] 04_stage_up:good:fold0" in out
     assert list(run.glob("good/**/best.pt")), "the healthy member must finish its stage"
     assert (run / "executed" / "04_stage_up__broken__fold0.ipynb").exists()
+    assert "validation Dice" in result.stdout and "good" in (run / "summary.txt").read_text()
