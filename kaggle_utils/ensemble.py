@@ -723,6 +723,17 @@ def keep_if_it_holds(
 # ensemble.yaml
 
 
+def choice_scores(choice: Choice, cv: pd.DataFrame, decision: str, n_images: int) -> dict:
+    """What 05 records beside the weights: OOF Dice, its held-out check, and why it was kept."""
+    return {
+        "oof_dice": round(choice.dice, 6),
+        "cv_heldout_dice": round(float(cv["heldout_dice"].mean()), 6),
+        "cv_heldout_equal_0.5": round(float(cv["heldout_equal@0.5"].mean()), 6),
+        "decision": decision,
+        "n_images": int(n_images),
+    }
+
+
 def ensemble_spec(
     stages: Sequence[StageRun],
     choice: Choice,
