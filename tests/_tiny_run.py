@@ -18,6 +18,18 @@ import torch
 from kaggle_utils.checkpoint import atomic_write_json, save_checkpoint
 from kaggle_utils.models import build_model
 
+# What train_stage leaves in every stage folder (the run-folder contract 04/05/06 and kernels read).
+STAGE_ARTEFACTS = [
+    "last.pt",
+    "best.pt",
+    "metrics.json",
+    "history.csv",
+    "params.json",
+    "oof.csv",
+    "curves.png",
+    "worst.png",
+]
+
 TINY_SPEC = {
     "arch": "unet",
     "encoder": "mobilenet_v2",

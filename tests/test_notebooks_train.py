@@ -8,6 +8,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from _tiny_run import STAGE_ARTEFACTS
 
 from kaggle_utils.notebook import NotebookExecutionError, execute_notebook
 
@@ -28,17 +29,7 @@ stages:
   - {size: 64x96, epochs: 1}
   - {size: 96x128, epochs: 1}
 """
-STAGE_FILES = [
-    "last.pt",
-    "best.pt",
-    "metrics.json",
-    "history.csv",
-    "params.json",
-    "oof.csv",
-    "curves.png",
-    "worst.png",
-    "03_train_member.ipynb",
-]
+STAGE_FILES = [*STAGE_ARTEFACTS, "03_train_member.ipynb"]
 
 
 def test_notebooks_are_clean_and_parameterised():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from _tiny_run import STAGE_ARTEFACTS
 
 from kaggle_utils.checkpoint import load_checkpoint, load_member_model
 from kaggle_utils.config import ConfigError, load_member
@@ -45,16 +46,6 @@ stages:
   - {size: 64x96, epochs: 2}
   - {size: 96x128, epochs: 1}
 """
-ARTEFACTS = [
-    "last.pt",
-    "best.pt",
-    "metrics.json",
-    "history.csv",
-    "params.json",
-    "oof.csv",
-    "curves.png",
-    "worst.png",
-]
 
 
 @pytest.fixture
@@ -122,7 +113,7 @@ def test_stage_writes_every_artefact_and_is_skipped_when_finished(
     run_dir = tmp_path / "runs"
     metrics = stage(tiny_member, small_synthetic, run_dir)
     stage_dir = run_dir / "tiny" / "s1_64x96"
-    for name in ARTEFACTS:
+    for name in STAGE_ARTEFACTS:
         assert (stage_dir / name).is_file(), name
     history = pd.read_csv(stage_dir / "history.csv")
     assert list(history["epoch"]) == [1, 2] and history["val_dice"].notna().all()
