@@ -43,11 +43,14 @@ def _params(key: str, value: Any) -> dict[str, float] | None:
     return None if params["p"] == 0 else params
 
 
-def build_augmentations(spec: dict | None = None, train: bool = True) -> A.Compose:
+def build_augmentations(
+    spec: dict | None = None, train: bool = True, soft_masks: bool = False
+) -> A.Compose:
     """An ``A.Compose`` from ``spec`` (keys hflip, shift_scale, color; absent = default on).
 
     Call it as ``aug(image=rgb_uint8, mask=mask_uint8)``. With ``train=False`` the spec is still
-    validated and the identity is returned.
+    validated and the identity is returned. ``soft_masks``: masks hold coverage (0..255), so they
+    are warped with linear interpolation instead of nearest.
     """
     spec = dict(spec or {})
     unknown = sorted(set(spec) - set(ALLOWED))
@@ -73,7 +76,7 @@ def build_augmentations(spec: dict | None = None, train: bool = True) -> A.Compo
                 keep_ratio=True,  # one zoom for both axes, as ShiftScaleRotate did
                 rotate=(-p["rotate"], p["rotate"]),
                 interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST,
+                mask_interpolation=cv2.INTER_LINEAR if soft_masks else cv2.INTER_NEAREST,
                 border_mode=cv2.BORDER_REFLECT_101,
                 p=p["p"],
             )

@@ -129,6 +129,10 @@ class MemberConfig(_Strict):
     channels_last: Literal["auto", True, False] = "auto"
     num_workers: int = Field(default=2, ge=0)
     cache: bool = Field(default=False, description="keep decoded resized images in memory")
+    soft_masks: bool = Field(
+        default=True,
+        description="train on each pixel's car coverage (0..1) instead of a thresholded mask",
+    )
     max_train_images: int | None = Field(default=None, ge=1)
     max_val_images: int | None = Field(default=None, ge=1)
     val_every: int = Field(default=1, ge=1)
@@ -137,6 +141,12 @@ class MemberConfig(_Strict):
         description="Dice at 1280x1918 (True), at the training size (False), or at this mask height",
     )
     threshold: float = Field(default=0.5, gt=0, lt=1)
+    largest_component: bool = Field(
+        default=False, description="score validation masks after keeping their largest component"
+    )
+    val_tta: bool = Field(
+        default=False, description="validate on the mean of the image's and its mirror's prediction"
+    )
     stages: list[StageConfig] = Field(min_length=1)
 
     @field_validator("model")
@@ -199,6 +209,9 @@ class EnsembleConfig(_Strict):
     tta: list[Literal["none", "hflip"]] = Field(default_factory=lambda: ["none", "hflip"])
     combine: Literal["mean", "vote"] = "mean"
     threshold: float | None = Field(default=None, gt=0, lt=1, description="None -> tuned on OOF")
+    largest_component: bool = Field(
+        default=False, description="06: keep each test mask's largest connected component"
+    )
     predict_batch_size: int = Field(default=4, ge=1)
     submit_limit: int | None = Field(default=None, ge=1)
     source: Path | None = Field(default=None, exclude=True)

@@ -50,9 +50,11 @@ def full_res_dice(
     masks: torch.Tensor | np.ndarray,
     threshold: float = 0.5,
     chunk: int = 8,
+    largest_component: bool = False,
 ) -> torch.Tensor:
     """Kaggle's per-image Dice: upsample `probs` (N,1,h,w) bilinearly to the masks' (H,W)
     (e.g. 1280x1918), threshold, compare with full-resolution {0,1} `masks` (N,H,W) -> (N,).
+    ``largest_component``: score each prediction after ``postprocess.keep_largest_component``.
 
     Works in chunks of `chunk` images so a large batch of full frames stays within memory.
     """
@@ -78,5 +80,10 @@ def full_res_dice(
         if p.shape[-2:] != size:
             p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
         m = masks[start : start + chunk].to(p.device)
-        out.append(dice_from_binary(p > threshold, m[:, None] > 0.5))
+        pred = p > threshold
+        if largest_component:
+            from kaggle_utils.postprocess import keep_largest_components
+
+            pred = keep_largest_components(pred)
+        out.append(dice_from_binary(pred, m[:, None] > 0.5))
     return torch.cat(out) if out else torch.zeros(0)

@@ -421,6 +421,7 @@ def predict_submission(
     tta: bool = True,
     mode: str = "mean",
     threshold: float = 0.5,
+    largest_component: bool = False,
     batch_size: int = 4,
     num_workers: int | None = None,
     device: str | torch.device | None = None,
@@ -439,7 +440,9 @@ def predict_submission(
     cpu_threads: torch threads on the CPU (None: the cores the decode workers leave free).
     restart: drop the parts of an interrupted run instead of resuming it. Parts written by a
     different ensemble (checkpoints, weights, threshold, TTA, mode) are never resumed silently.
+    largest_component: keep each mask's largest connected component (``postprocess``).
     """
+    from kaggle_utils.postprocess import keep_largest_components
     from kaggle_utils.submission import SubmissionWriter
 
     if not members:
@@ -464,11 +467,14 @@ def predict_submission(
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _check_resume(out_path, members, tta=tta, mode=mode, threshold=threshold, restart=restart)
+    settings = {"tta": tta, "mode": mode, "threshold": threshold}
+    if largest_component:  # only when on: earlier runs' fingerprints stay valid
+        settings["largest_component"] = True
+    _check_resume(out_path, members, **settings, restart=restart)
     writer = SubmissionWriter(
         out_path, ids, chunk_size=chunk_size, shape=out_shape, workers=encode_workers
     )
-    _save_fingerprint(out_path, members, tta=tta, mode=mode, threshold=threshold)
+    _save_fingerprint(out_path, members, **settings)
     todo = writer.pending_ids()
     done = len(ids) - len(todo)
     if done:
@@ -505,6 +511,8 @@ def predict_submission(
             )
             cut = 0.5 if mode == "vote" else threshold
             masks = (probs[:, 0] > cut).to(torch.uint8).cpu().numpy()
+            if largest_component:
+                masks = keep_largest_components(masks).view(np.uint8)
             encoder.put([todo[i] for i in batch["index"].tolist()], masks)
             n += len(masks)
             if bar is not None:

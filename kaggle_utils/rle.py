@@ -4,18 +4,10 @@ The competition's ``train_masks.csv`` and submissions number pixels along rows f
 (pixel ``row * 1918 + col + 1``), i.e. ``mask.flatten()`` in C order — not the column-major
 order of the generic Kaggle wording (checked against the real ``train_masks.csv``).
 
-``rle_encode`` is the hot step of a 100,064-image submission, so it avoids whole-mask passes:
-
-1. the mask is viewed as 64-bit words and adjacent words are compared in one vectorised pass
-   (as float64, which numpy compares with SIMD at memory speed; equal bit patterns of bytes
-   {0, 1} or {0, 255} always compare equal, unequal ones unequal, so no transition is missed —
-   the one float subtlety, denormals-are-zero CPU mode, is probed on every call);
-2. only the few thousand words next to a change are inspected byte by byte, with bit operations;
-3. the numbers are turned into text with lookup tables of 4-digit groups, not ``str()`` per int.
-
-The output is identical to the usual Kaggle idiom (pad, compare, ``np.where``, join), and any
-input the fast path cannot prove it handles (non-binary values, periodic stripes narrower than a
-word, odd sizes) goes through an exact plain path instead.
+``rle_encode`` is the hot step of a 100,064-image submission. Its core (``rle_kernel``, compiled
+by numba) reads the mask once and writes the text as it goes: ~20x the usual Kaggle idiom (pad,
+compare, ``np.where``, join) with an identical string. Where numba cannot load, a plain numpy
+path gives the same string more slowly.
 """
 
 from __future__ import annotations
@@ -23,6 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
@@ -31,13 +24,19 @@ MASK_SHAPE = (1280, 1918)
 
 __all__ = ["MASK_SHAPE", "rle_decode", "rle_encode", "rle_encode_many", "rle_runs", "rle_to_string"]
 
+try:  # the compiled one-pass encoder; it reads 64-bit words as little-endian bytes
+    from kaggle_utils.rle_kernel import encode_into as _encode_into
+
+    if sys.byteorder != "little":
+        _encode_into = None
+except ImportError as err:  # e.g. a numpy newer than the installed numba supports
+    warnings.warn(
+        f"numba unavailable ({err}); RLE encoding uses the slower numpy path", stacklevel=2
+    )
+    _encode_into = None
+
 _U64 = np.uint64
-_ONES = _U64(0x0101010101010101)
-_NOT_ONES = _U64(0xFEFEFEFEFEFEFEFE)
-_LOW7 = _U64(0x00FFFFFFFFFFFFFF)
-_SH8, _SH56 = _U64(8), _U64(56)
-_ONES_INT = int(_ONES)
-_TINY, _ZERO_F = 5e-324, 0.0  # the smallest denormal; equal to 0 only under DAZ
+_SH8 = _U64(8)
 _scratch = threading.local()
 _ZERO, _NONE = np.zeros(1, np.int64), np.zeros(0, np.int64)
 
@@ -87,121 +86,49 @@ def _exact_transitions(b: np.ndarray) -> np.ndarray:
     return np.flatnonzero(b[1:] != b[:-1]) + 1
 
 
-def _flag_buffer(n_words: int) -> np.ndarray:
-    """A per-thread reusable bool buffer (fresh large arrays cost page faults on every call)."""
-    size = -(-n_words // 8) * 8
-    buf = getattr(_scratch, "flags", None)
-    if buf is None or buf.size != size:
-        buf = np.zeros(size, dtype=bool)
-        _scratch.flags = buf
-    buf[n_words:] = False
+def _encode_numpy(b: np.ndarray) -> str:
+    """The plain vectorised encoder: the fallback where numba cannot load, and the reference."""
+    b = (b != 0).view(np.uint8)
+    t = _exact_transitions(b)
+    if b[0] or b[-1]:  # runs touching the first / last pixel (the idiom's zero padding)
+        t = np.concatenate((_ZERO if b[0] else _NONE, t, [b.size] if b[-1] else _NONE))
+    t[1::2] -= t[::2]
+    t[::2] += 1
+    return rle_to_string(t, checked=b.size < 10**7)
+
+
+def _text_buffer(min_size: int) -> np.ndarray:
+    """A per-thread reusable output buffer (a fresh one per mask would cost page faults)."""
+    buf = getattr(_scratch, "text", None)
+    if buf is None or buf.size < min_size:
+        buf = np.empty(max(min_size, 1 << 16), dtype=np.uint8)
+        _scratch.text = buf
     return buf
-
-
-def _scratch_copy(b: np.ndarray) -> np.ndarray:
-    """An aligned per-thread copy of b (numpy allocations are aligned)."""
-    buf = getattr(_scratch, "copy", None)
-    if buf is None or buf.size != b.size:
-        buf = np.empty(b.size, dtype=np.uint8)
-        _scratch.copy = buf
-    np.copyto(buf, b)
-    return buf
-
-
-def _fast_transitions(b: np.ndarray, binary01: bool) -> np.ndarray | None:
-    """Transition positions of a two-valued uint8 array with ``b.size % 8 == 0``, or None.
-
-    None means the fast path cannot vouch for the answer (values outside {0,1} / {0,255}, or a
-    denormals-are-zero CPU mode); the caller then goes the exact way. ``binary01``: the caller
-    guarantees bytes in {0, 1} (a numpy bool array), so the value check is skipped.
-    """
-    if _TINY == _ZERO_F or sys.byteorder != "little":  # DAZ mode: float compare unsafe
-        return None
-    if b.ctypes.data % 8:  # a view at an odd offset: numpy's unaligned loops are ~5x slower
-        b = _scratch_copy(b)
-    w = b.view(np.uint64)
-    m = w.size
-    flags = _flag_buffer(m - 1)
-    as_float = w.view(np.float64)
-    np.not_equal(as_float[1:], as_float[:-1], out=flags[: m - 1])
-    flag_words = flags.view(np.uint64)
-    hit = np.flatnonzero(flag_words != 0)
-    if hit.size == 0:  # all words equal: uniform mask (or periodic stripes -> exact path)
-        return _NONE if int(w[0]) in (0, _ONES_INT, _ONES_INT * 255) else None
-    lanes = np.flatnonzero(flag_words[hit].view(bool))
-    f = (hit[lanes >> 3] << 3) | (lanes & 7)  # word pairs (f, f+1) that differ
-    w0, w1 = w.take(f), w.take(f + 1)
-    full = _ONES
-    if not binary01 and np.bitwise_or.reduce(w0 | w1) & _NOT_ONES:
-        # not {0, 1}: accept {0, 255}, anything else goes the exact way
-        w01 = np.concatenate((w0, w1))
-        if not (w01 == (w01 & _ONES) * _U64(255)).all():
-            return None
-        full = _ONES * _U64(255)
-    # Between changes words repeat, so every change sits in a flagged word f (inside it or at its
-    # border with f+1) -- unless the word after a flag changes inside itself (then it must be
-    # flagged too, or be one of a run of identical such words: the rare path below).
-    mixed_next = (w1 ^ (w1 >> _SH8)) & _LOW7
-    gap = np.empty_like(f)  # to the next flag; a virtual flag past the end for the last one
-    np.subtract(f[1:], f[:-1], out=gap[:-1])
-    gap[-1] = m - f[-1]
-    lone = (mixed_next != 0) & (gap != 1)
-    head = int(f[0]) if int(w[0]) not in (0, int(full)) else 0  # words before the first flag
-    if head or lone.any():
-        return _transitions_with_runs(w, f, gap, lone, head)
-    x = w0 ^ ((w0 >> _SH8) | (w1 << _SH56))  # byte k of x: byte k of word f != the byte after
-    q = np.flatnonzero(x.view(np.uint8) != 0)
-    return ((f[q >> 3] << 3) | (q & 7)) + 1
-
-
-def _transitions_with_runs(
-    w: np.ndarray, f: np.ndarray, gap: np.ndarray, lone: np.ndarray, head: int
-) -> np.ndarray | None:
-    """The rare case of repeated identical words that change inside (e.g. ``1100000011000000``):
-    inspect every word up to the next flag too, each for its inside and its border."""
-    m = w.size
-    runs = np.flatnonzero(lone)
-    extra = int(gap[runs].sum()) + head
-    if runs.size > 256 or extra > m // 4:
-        return None
-    parts = [f, np.arange(0, head)] + [np.arange(f[i] + 1, f[i] + gap[i]) for i in runs.tolist()]
-    k = np.unique(np.concatenate(parts))
-    wk, wn = w[k], w[np.minimum(k + 1, m - 1)]
-    x = wk ^ ((wk >> _SH8) | (wn << _SH56))
-    if k[-1] == m - 1:
-        x[-1] &= _LOW7  # the last word has no border after it
-    q = np.flatnonzero(x.view(np.uint8) != 0)
-    return ((k[q >> 3] << 3) | (q & 7)) + 1
 
 
 def rle_encode(mask) -> str:
     """Encode a binary mask as Kaggle Carvana RLE: row-major, 1-indexed ``start length`` pairs.
 
     Accepts numpy arrays (bool, uint8/int8 {0,1} or {0,255}, or any dtype: nonzero = car) and
-    torch tensors (moved to CPU). An empty mask gives ``""``. Identical to the Kaggle idiom.
+    torch tensors (moved to CPU). An empty mask gives ``""``. Identical to the Kaggle idiom,
+    about 20x faster (one compiled pass over the mask, see ``rle_kernel``).
     """
     a = _as_numpy(mask)
     if a.dtype not in (np.bool_, np.uint8, np.int8):
         a = a != 0
     b = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-    n = b.size
-    if n == 0:
+    if b.size == 0:
         return ""
-    t = None
-    if n % 8 == 0 and n >= 16:
-        t = _fast_transitions(b, a.dtype == np.bool_)
-        if t is None and a.dtype != np.bool_:
-            b = (b != 0).view(np.uint8)
-            t = _fast_transitions(b, True)
-    if t is None:
-        if a.dtype != np.bool_:
-            b = (b != 0).view(np.uint8)
-        t = _exact_transitions(b)
-    if b[0] or b[-1]:  # runs touching the first / last pixel (the idiom's zero padding)
-        t = np.concatenate((_ZERO if b[0] else _NONE, t, [n] if b[-1] else _NONE))
-    t[1::2] -= t[::2]
-    t[::2] += 1
-    return rle_to_string(t, checked=n < 10**7)
+    if _encode_into is None:
+        return _encode_numpy(b)
+    words = b[: b.size // 8 * 8].view(np.uint64)
+    size = 1 << 16
+    while True:
+        out = _text_buffer(size)
+        length = _encode_into(b, words, out)
+        if length >= 0:
+            return out[: max(length - 1, 0)].tobytes().decode("ascii")
+        size = out.size * 4
 
 
 def rle_encode_many(masks: Iterable) -> list[str]:

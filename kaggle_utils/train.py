@@ -169,15 +169,24 @@ class _CachedDataset(Dataset):
     """Decoded, resized images and masks held in memory (uint8): decoding 1918x1280 JPEGs dominates
     small-resolution training, so small datasets decode once per stage (`cache: true`)."""
 
-    def __init__(self, data: Any, index: pd.DataFrame, size: tuple[int, int], transform=None):
+    def __init__(
+        self,
+        data: Any,
+        index: pd.DataFrame,
+        size: tuple[int, int],
+        transform=None,
+        soft_masks: bool = False,
+    ):
         from kaggle_utils.dataset import resize_mask
 
         self.ids = [str(i) for i in index["id"]]
         self.transform = transform
+        self.soft_masks = soft_masks
         h, w = size
 
         def load(image_id: str) -> tuple[np.ndarray, np.ndarray]:
-            return data.load_image(image_id, size=size), resize_mask(data.load_mask(image_id), size)
+            mask = resize_mask(data.load_mask(image_id), size, soft=soft_masks)
+            return data.load_image(image_id, size=size), mask
 
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
             pairs = list(pool.map(load, self.ids))
@@ -188,7 +197,7 @@ class _CachedDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict:
-        from kaggle_utils.dataset import normalize_image
+        from kaggle_utils.dataset import mask_tensor, normalize_image
 
         image, mask = self.images[i], self.masks[i]
         if self.transform is not None:
@@ -196,7 +205,7 @@ class _CachedDataset(Dataset):
             image, mask = out["image"], out["mask"]
         return {
             "image": normalize_image(image),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
+            "mask": mask_tensor(mask, self.soft_masks),
             "id": self.ids[i],
         }
 
@@ -224,16 +233,16 @@ class _Seeded(Dataset):
 def _build_datasets(run: StageRun) -> tuple[Dataset, Dataset]:
     from kaggle_utils.augment import build_augmentations
 
-    size = run.size
-    train_tf = build_augmentations(run.member.augment, train=True)
+    size, soft = run.size, run.member.soft_masks
+    train_tf = build_augmentations(run.member.augment, train=True, soft_masks=soft)
     if run.member.cache:
-        train_ds: Dataset = _CachedDataset(run.data, run.train_index, size, transform=train_tf)
-        val_ds: Dataset = _CachedDataset(run.data, run.val_index, size, transform=None)
+        dataset_class: Any = _CachedDataset
     else:
         from kaggle_utils.dataset import CarvanaDataset
 
-        train_ds = CarvanaDataset(run.data, run.train_index, size, transform=train_tf)
-        val_ds = CarvanaDataset(run.data, run.val_index, size, transform=None)
+        dataset_class = CarvanaDataset
+    train_ds = dataset_class(run.data, run.train_index, size, transform=train_tf, soft_masks=soft)
+    val_ds = dataset_class(run.data, run.val_index, size, transform=None, soft_masks=soft)
     return _Seeded(train_ds, train_tf, run.member.seed), val_ds
 
 
@@ -525,9 +534,14 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     threshold: float = 0.5,
+    largest_component: bool = False,
+    tta: bool = False,
     keep_probs: bool = False,
 ) -> tuple[float, pd.DataFrame, dict[str, np.ndarray]]:
-    """(mean loss at training size, per-image Dice at the metric resolution, probs if asked)."""
+    """(mean loss at training size, per-image Dice at the metric resolution, probs if asked).
+
+    tta: probabilities averaged with the mirrored image's (as 06 predicts); the loss is the
+    plain pass's, so it stays comparable with the training loss."""
     from kaggle_utils.metrics import full_res_dice
 
     model.eval()
@@ -541,15 +555,20 @@ def evaluate(
         with torch.autocast(
             device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
         ):
-            logits = _logits(model(x))
+            logits = _logits(model(torch.cat([x, x.flip(-1)]) if tta else x))
         logits = logits.float()
-        total += float(loss_fn(logits, y)) * len(x)
-        count += len(x)
-        probs = torch.sigmoid(logits)
+        n = len(x)
+        total += float(loss_fn(logits[:n], y)) * n
+        count += n
+        probs = torch.sigmoid(logits[:n])
+        if tta:
+            probs = (probs + torch.sigmoid(logits[n:]).flip(-1)) * 0.5
         ids = list(batch["id"])
         for j in range(0, len(ids), 4):  # bounded memory at 1280x1918
             full = masks.get(ids[j : j + 4]).to(device)
-            dice = full_res_dice(probs[j : j + 4], full, threshold=threshold)
+            dice = full_res_dice(
+                probs[j : j + 4], full, threshold=threshold, largest_component=largest_component
+            )
             rows += list(zip(ids[j : j + 4], dice.cpu().tolist(), strict=True))
         if keep_probs:
             u8 = (probs[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
@@ -683,6 +702,8 @@ def train_stage(
         "fold": run.fold,
         "params_hash": run.params_hash,
         "threshold": member.threshold,
+        "largest_component": member.largest_component,
+        "val_tta": member.val_tta,
     }
     train_images, train_seconds = 0, 0.0
     for epoch in range(start_epoch, cfg.epochs):
@@ -761,6 +782,8 @@ def train_stage(
                 amp_dtype=amp_dtype,
                 channels_last=channels_last,
                 threshold=member.threshold,
+                largest_component=member.largest_component,
+                tta=member.val_tta,
             )
             row["val_loss"], row["val_dice"] = val_loss, float(per_image["dice"].mean())
             if row["val_dice"] > best_dice:
@@ -820,6 +843,8 @@ def train_stage(
         amp_dtype=amp_dtype,
         channels_last=channels_last,
         threshold=member.threshold,
+        largest_component=member.largest_component,
+        tta=member.val_tta,
         keep_probs=True,
     )
     oof_dir = stage_dir / "oof"
@@ -959,6 +984,27 @@ def stage_up(
     return table
 
 
+def previous_stage_checkpoint(
+    member_file: str | os.PathLike,
+    stage: int,
+    fold: int | None = None,
+    run_dir: str | os.PathLike = "runs/demo",
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """best.pt of stage ``stage - 1`` under run_dir: where the curriculum's next stage starts."""
+    from kaggle_utils.environment import resolve_run_dir
+
+    member = load_member(member_file, overrides)
+    fold = member.fold if fold is None else int(fold)
+    prev = stage_dir_for(resolve_run_dir(run_dir), member, stage - 1, fold) / "best.pt"
+    if not prev.is_file():
+        raise FileNotFoundError(
+            f"stage {stage} of {member_file} starts from stage {stage - 1}'s weights, but {prev} "
+            "does not exist: run that stage first, or pass --init-checkpoint PATH (or 'none')"
+        )
+    return prev
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m kaggle_utils.train MEMBER.yaml [--stage N ...]`: one stage without a notebook."""
     import argparse
@@ -969,7 +1015,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fold", type=int)
     parser.add_argument("--data-dir")
     parser.add_argument("--run-dir", default="runs/demo")
-    parser.add_argument("--init-checkpoint")
+    parser.add_argument(
+        "--init-checkpoint",
+        help="weights to start from; default for --stage N > 0: stage N-1's best.pt "
+        "(as 04_stage_up does); 'none' starts from scratch",
+    )
     parser.add_argument("--device")
     parser.add_argument(
         "--set",
@@ -981,13 +1031,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.set)
+    init = args.init_checkpoint
+    if init is None and args.stage > 0:
+        try:
+            init = previous_stage_checkpoint(
+                args.member_file, args.stage, args.fold, args.run_dir, overrides
+            )
+        except FileNotFoundError as exc:
+            parser.error(str(exc))
+    elif init is not None and init.lower() == "none":
+        init = None
     metrics = run_stage(
         args.member_file,
         args.stage,
         fold=args.fold,
         data_dir=args.data_dir,
         run_dir=args.run_dir,
-        init_checkpoint=args.init_checkpoint,
+        init_checkpoint=init,
         device=args.device,
         overrides=overrides,
         progress=not args.no_progress,

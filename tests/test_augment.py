@@ -91,3 +91,17 @@ def test_colour_jitter_changes_image_not_mask():
     outs = [aug(image=image, mask=mask) for _ in range(5)]
     assert any(not np.array_equal(o["image"], image) for o in outs)
     assert all(np.array_equal(o["mask"], mask) for o in outs)
+
+
+def test_soft_masks_are_warped_linearly():
+    """Coverage masks (0..255) keep fractional edges under shift/scale; binary ones stay binary."""
+    spec = {"hflip": False, "color": False, "shift_scale": {"shift": 0.1, "scale": 0.2, "p": 1.0}}
+    image, mask = _scene()
+    soft = mask * np.uint8(255)
+    aug = build_augmentations(spec, soft_masks=True)
+    aug.set_random_seed(0)
+    out = aug(image=image, mask=soft)["mask"]
+    assert out.dtype == np.uint8 and ((out > 0) & (out < 255)).any()
+    hard = build_augmentations(spec)
+    hard.set_random_seed(0)
+    assert set(np.unique(hard(image=image, mask=soft)["mask"])) <= {0, 255}

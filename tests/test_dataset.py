@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zipfile
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -71,6 +72,34 @@ def test_resize_mask_threshold():
     assert resize_mask(mask, (100, 150)) is not None
     big = resize_mask(mask, (200, 300))
     assert set(np.unique(big)) == {0, 1} and abs(big.mean() - mask.mean()) < 0.01
+
+
+def test_soft_masks_hold_each_pixels_coverage(real_sample):
+    """Soft targets: the area fraction of car per low-res pixel, so the mean is preserved and
+    the round trip to full resolution keeps far more of the outline than a thresholded mask."""
+    mask = np.zeros((100, 150), np.uint8)
+    mask[21:80, 30:121] = 1  # edges that cut through 2x2 blocks
+    soft = resize_mask(mask, (50, 75), soft=True)
+    assert soft.dtype == np.uint8 and soft[10, 20] == 128 and soft[30, 60] == 128
+    assert abs(soft.mean() / 255 - mask.mean()) < 0.002
+    np.testing.assert_array_equal(resize_mask(mask, (100, 150), soft=True), mask * 255)
+
+    data = find_data(real_sample)
+    index = train_index(data).iloc[:2]
+    item = CarvanaDataset(data, index, (128, 192), soft_masks=True)[0]
+    m = item["mask"]
+    assert m.dtype == torch.float32 and 0 <= m.min() and m.max() <= 1
+    assert ((m > 0) & (m < 1)).sum() > 200  # the outline is fractional
+    full = data.load_mask(item["id"])
+    assert abs(m.mean().item() - full.mean()) < 0.001
+
+    def round_trip(low: np.ndarray) -> float:
+        up = cv2.resize(low.astype(np.float32), (1918, 1280), interpolation=cv2.INTER_LINEAR)
+        pred = up > 0.5
+        return 2 * (pred & (full > 0)).sum() / (pred.sum() + full.sum())
+
+    binary = CarvanaDataset(data, index, (128, 192))[0]["mask"][0].numpy()
+    assert round_trip(m[0].numpy()) > round_trip(binary) + 0.002
 
 
 def test_test_split_without_masks(small_synthetic):

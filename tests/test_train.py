@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -276,3 +277,52 @@ def test_folds_csv_from_an_upstream_kaggle_kernel_is_used(
     train, val, source = make_split(index, member, 1, "runs/demo")
     assert source == str(upstream / "folds.csv")
     assert set(val["car"]) == {cars[-1]} and cars[-1] not in set(train["car"])
+
+
+def test_cli_stage_starts_from_the_previous_stage(small_synthetic, tiny_member, tmp_path, capsys):
+    """`python -m kaggle_utils.train M.yaml --stage 1` continues the curriculum like 04 does."""
+    from kaggle_utils.train import main
+
+    args = [str(tiny_member), "--data-dir", str(small_synthetic), "--run-dir", str(tmp_path)]
+    args += ["--device", "cpu", "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--stage", "1"])
+    assert exc.value.code == 2
+    assert "s1_64x96/best.pt does not exist" in capsys.readouterr().err
+    assert main([*args, "--stage", "0"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--stage", "1"]) == 0
+    best = tmp_path / "tiny" / "s1_64x96" / "best.pt"
+    assert f"init {best}" in capsys.readouterr().out
+
+
+def test_validation_tta_averages_the_mirrored_prediction(small_synthetic):
+    """val_tta scores what 06 submits: the mean of the image's and its mirror's probabilities."""
+    from _tiny_run import TINY_SPEC
+
+    from kaggle_utils.index import train_index
+    from kaggle_utils.layout import find_data
+    from kaggle_utils.losses import build_loss
+    from kaggle_utils.models import build_model
+    from kaggle_utils.train import _CachedDataset, _ValMasks, evaluate
+
+    data = find_data(small_synthetic)
+    index = train_index(data).iloc[:3]
+    size = (64, 96)
+    loader = torch.utils.data.DataLoader(_CachedDataset(data, index, size), batch_size=3)
+    masks = _ValMasks(data, list(index["id"]), True, size)
+    torch.manual_seed(0)
+    model = build_model(TINY_SPEC).eval()
+    loss_fn = build_loss({"bce": 1.0})
+    kw = {"keep_probs": True}
+    loss, plain, p0 = evaluate(model, loader, loss_fn, masks, torch.device("cpu"), **kw)
+    loss_t, tta, p1 = evaluate(model, loader, loss_fn, masks, torch.device("cpu"), tta=True, **kw)
+    assert loss_t == pytest.approx(loss)  # the loss is the plain pass's
+    x = next(iter(loader))["image"]
+    with torch.no_grad():
+        a, b = torch.sigmoid(model(x)), torch.sigmoid(model(x.flip(-1))).flip(-1)
+    expected = ((a + b) * 0.5 * 255).round().to(torch.uint8)[:, 0].numpy()
+    got = np.stack([p1[i] for i in index["id"]])
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    assert not np.array_equal(got, np.stack([p0[i] for i in index["id"]]))
+    assert list(tta["id"]) == list(plain["id"])

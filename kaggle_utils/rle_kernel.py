@@ -1,0 +1,127 @@
+"""The RLE encoder's compiled core (numba): one read of the mask, text written as it goes.
+
+A 1280x1918 mask is 2.4 MB and a car has only ~1,000 runs, so the work is reading memory. The
+mask is read once, in 4 KB chunks. Pass one flags, for every 64-bit word of the chunk, whether
+any of its bytes differs from the byte before it: branch-free, so the compiler vectorises it.
+Pass two, while the chunk is still in L1, reads the flags eight at a time, finds the changed
+pixels of each flagged word with bit tricks (count trailing zeros) and writes each run's
+``start length`` as ASCII straight into the output buffer.
+
+Any byte value works (nonzero = car), so bool, {0,1} and {0,255} masks need no conversion.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
+
+CHUNK = 512  # words per chunk (4 KB of mask): flags and words stay in L1 between the passes
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+_HIGH = np.uint64(0x8080808080808080)
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _put_int(out: np.ndarray, pos: int, v: int) -> int:
+    """ASCII of v >= 0 at out[pos:], then a space; returns the position after the space.
+
+    v < 10**8 (every pixel index of a Carvana mask): the eight digits are computed at once in
+    the lanes of one 64-bit word (SWAR: v -> 2 x 4 -> 4 x 2 -> 8 x 1 digits by multiply-shift),
+    leading zeros dropped, then stored; ``out`` needs 8 bytes of slack after the text.
+    """
+    if v >= 100_000_000:
+        return _put_int_slow(out, pos, v)
+    u = np.uint64(v)
+    hi = u // np.uint64(10_000)
+    x = hi | ((u - hi * np.uint64(10_000)) << np.uint64(32))  # 2 lanes of 4 digits
+    q = ((x * np.uint64(5243)) >> np.uint64(19)) & np.uint64(0x0000007F0000007F)  # lane // 100
+    x = q | ((x - q * np.uint64(100)) << np.uint64(16))  # 4 lanes of 2 digits
+    q = ((x * np.uint64(103)) >> np.uint64(10)) & np.uint64(0x000F000F000F000F)  # lane // 10
+    x = q | ((x - q * np.uint64(10)) << np.uint64(8))  # 8 digits, the most significant first
+    skip = np.uint64(7) if x == 0 else trailing_zeros(x) >> np.uint64(3)  # leading zero digits
+    x = (x + np.uint64(0x3030303030303030)) >> (skip << np.uint64(3))
+    for k in range(8):
+        out[pos + k] = np.uint8((x >> np.uint64(8 * k)) & np.uint64(255))
+    end = pos + 8 - int(skip)
+    out[end] = 32
+    return end + 1
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _put_int_slow(out: np.ndarray, pos: int, v: int) -> int:
+    """Any v >= 0, digit by digit (masks of more than 10**8 pixels)."""
+    n, t = 1, v
+    while t >= 10:
+        t //= 10
+        n += 1
+    for i in range(pos + n - 1, pos - 1, -1):
+        out[i] = 48 + v % 10
+        v //= 10
+    out[pos + n] = 32
+    return pos + n + 1
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def encode_into(b: np.ndarray, words: np.ndarray, out: np.ndarray) -> int:
+    """Write the RLE text of uint8 pixels ``b`` into ``out``; return its length, or -1 if ``out``
+    is too small. The text ends with a space (the caller drops it).
+
+    ``words``: the first ``8 * len(words)`` bytes of ``b`` viewed as uint64.
+    """
+    n = b.size
+    m = words.size
+    sh8, sh56 = np.uint64(8), np.uint64(56)
+    flags = np.zeros(CHUNK, dtype=np.uint8)
+    groups = flags.view(np.uint64)
+    cap = out.size - 40  # room for one more ``start length `` pair
+    pos = 0
+    inside = False  # the previous pixel was car
+    start = 0
+    for c0 in range(0, m, CHUNK):
+        size = min(CHUNK, m - c0)
+        blk = words[c0 : c0 + size]
+        # pass 1, branch-free (vectorised): does any byte of a word differ from the byte before?
+        # (pixel -1 is background, as in the idiom's padding)
+        before = words[c0 - 1] >> sh56 if c0 > 0 else np.uint64(0)
+        flags[0] = (blk[0] ^ ((blk[0] << sh8) | before)) != 0
+        for k in range(1, size):
+            x = blk[k]
+            flags[k] = (x ^ ((x << sh8) | (blk[k - 1] >> sh56))) != 0
+        flags[size:] = 0
+        # pass 2, while the chunk is still in L1: only flagged words, eight flags at a time
+        for g in range((size + 7) // 8):
+            hits = groups[g]
+            while hits != 0:  # one set byte per flagged word
+                k = 8 * g + (trailing_zeros(hits) >> 3)
+                hits &= hits - np.uint64(1)
+                # bytes -> 0x01 where the pixel is car, then 0x01 where it differs from the
+                # pixel before it (whose state is `inside`)
+                x = blk[k]
+                i = c0 + k
+                car = ((((x & _LOW7) + _LOW7) | x) & _HIGH) >> np.uint64(7)
+                d = car ^ ((car << sh8) | np.uint64(inside))
+                while d != 0:
+                    p = 8 * i + (trailing_zeros(d) >> 3)
+                    d &= d - np.uint64(1)
+                    if not inside:
+                        if pos > cap:
+                            return -1
+                        start = p
+                        pos = _put_int(out, pos, p + 1)
+                    else:
+                        pos = _put_int(out, pos, p - start)
+                    inside = not inside
+    for p in range(8 * m, n):  # the bytes after the last whole word
+        car = b[p] != 0
+        if car != inside:
+            if car:
+                if pos > cap:
+                    return -1
+                start = p
+                pos = _put_int(out, pos, p + 1)
+            else:
+                pos = _put_int(out, pos, p - start)
+            inside = car
+    if inside:  # a run touching the last pixel
+        pos = _put_int(out, pos, n - start)
+    return pos
