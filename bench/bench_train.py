@@ -1,4 +1,5 @@
-"""Training throughput (images/s) of the demo member on this CPU: fp32 baseline vs channels_last.
+"""Training throughput (images/s) of the demo member on this CPU: fp32 baseline vs channels_last,
+and bf16 autocast + channels_last where the CPU has bf16 units (AMX / AVX512-BF16: `cpu_bf16`).
 
 One optimizer step = forward, boundary-weighted BCE + Dice, backward, AdamW step -- the loop
 `kaggle_utils.train` runs -- on synthetic batches at the member's stage sizes. Both variants are
@@ -21,11 +22,14 @@ import torch  # noqa: E402
 from kaggle_utils.config import load_member  # noqa: E402
 from kaggle_utils.losses import build_loss  # noqa: E402
 from kaggle_utils.models import build_model  # noqa: E402
+from kaggle_utils.train import cpu_has_fast_bf16  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def images_per_s(member, size, channels_last: bool, steps: int, batch: int) -> float:
+def images_per_s(
+    member, size, channels_last: bool, steps: int, batch: int, bf16: bool = False
+) -> float:
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model(dict(member.model)).to(memory_format=fmt).train()
@@ -36,7 +40,9 @@ def images_per_s(member, size, channels_last: bool, steps: int, batch: int) -> f
     for i in range(steps + 1):
         if i == 1:  # first step warms allocators and kernels
             start = time.perf_counter()
-        loss = loss_fn(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        loss = loss_fn(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -55,17 +61,25 @@ def main() -> None:
         f"bench_train: {member.name} on CPU ({torch.get_num_threads()} threads), "
         f"batch {member.batch_size}, {steps} steps per measurement"
     )
+    bf16 = cpu_has_fast_bf16()
     for size in sizes:
-        base, cl = [], []
+        base, cl, half = [], [], []
         for _ in range(1 if args.quick else 2):  # alternate to share the machine's noise
             base.append(images_per_s(member, size, False, steps, member.batch_size))
             cl.append(images_per_s(member, size, True, steps, member.batch_size))
+            if bf16:
+                half.append(images_per_s(member, size, True, steps, member.batch_size, True))
         b, c = max(base), max(cl)
         h, w = size
-        print(
+        line = (
             f"train {member.name} {h}x{w}: fp32 {b:.1f} img/s | fp32+channels_last {c:.1f} img/s "
-            f"| ratio {c / b:.2f}x"
+            f"({c / b:.2f}x)"
         )
+        if half:
+            line += f" | bf16+channels_last {max(half):.1f} img/s ({max(half) / b:.2f}x)"
+        else:
+            line += " | bf16: this CPU has no bf16 units"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,10 @@ class MemberConfig(_Strict):
     seed: int = 42
     ema: EMAConfig | None = None
     amp: bool = Field(default=True, description="autocast on CUDA (bf16 if supported, else fp16)")
+    cpu_bf16: bool = Field(
+        default=False,
+        description="bf16 autocast on CPUs with bf16 units (AMX / AVX512-BF16); else fp32",
+    )
     channels_last: Literal["auto", True, False] = "auto"
     num_workers: int = Field(default=2, ge=0)
     cache: bool = Field(default=False, description="keep decoded resized images in memory")

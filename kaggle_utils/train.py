@@ -4,7 +4,8 @@
 whether the stage is new, resumable (its folder holds last.pt) or finished (metrics.json with an
 unchanged parameter hash). `train_stage` runs the loop:
 
-    for epoch:  train (AMP + channels_last on CUDA, fp32 on CPU; gradient accumulation; optional EMA)
+    for epoch:  train (AMP + channels_last on CUDA; fp32 on CPU, or bf16 where the CPU has AMX
+                (cpu_bf16); gradient accumulation; optional EMA)
                 validate on held-out cars (loss at training size, Kaggle Dice at full resolution)
                 best.pt when Dice improves; history.csv; last.pt  (all written atomically)
     end:        best weights -> OOF probabilities + oof.csv, curves.png, worst.png, metrics.json
@@ -68,6 +69,15 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ---------------------------------------------------------------- reproducibility and device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware (AMX tiles, e.g. Xeon Sapphire
+    Rapids, or AVX512-BF16): there bf16 autocast trains ~2.4x faster than fp32 (measured on a
+    RefineNet v4/ResNet-18 at 128x192, with channels_last); elsewhere it is emulated and slower."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
 def seed_everything(seed: int) -> None:
@@ -623,7 +633,14 @@ def train_stage(
     amp_dtype = None
     if cuda and member.amp:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    channels_last = cuda if member.channels_last == "auto" else bool(member.channels_last)
+    elif device.type == "cpu" and member.cpu_bf16:
+        if cpu_has_fast_bf16():
+            amp_dtype = torch.bfloat16
+        else:
+            print("cpu_bf16: this CPU has no bf16 units (AMX / AVX512-BF16): fp32", flush=True)
+    # channels_last pays with AMP (CUDA tensor cores, CPU AMX), and costs in fp32 on the CPU
+    auto_cl = cuda or amp_dtype is not None
+    channels_last = auto_cl if member.channels_last == "auto" else bool(member.channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if cuda:
         torch.backends.cudnn.benchmark = True

@@ -88,7 +88,7 @@ def test_soft_masks_hold_each_pixels_coverage(real_sample):
     index = train_index(data).iloc[:2]
     item = CarvanaDataset(data, index, (128, 192), soft_masks=True)[0]
     m = item["mask"]
-    assert m.dtype == torch.float32 and 0 <= m.min() and m.max() <= 1
+    assert m.dtype == torch.float32 and m.min() >= 0 and m.max() <= 1
     assert ((m > 0) & (m < 1)).sum() > 200  # the outline is fractional
     full = data.load_mask(item["id"])
     assert abs(m.mean().item() - full.mean()) < 0.001

@@ -326,3 +326,20 @@ def test_validation_tta_averages_the_mirrored_prediction(small_synthetic):
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
     assert not np.array_equal(got, np.stack([p0[i] for i in index["id"]]))
     assert list(tta["id"]) == list(plain["id"])
+
+
+def test_cpu_bf16_largest_component_and_tta_options(small_synthetic, tiny_member, tmp_path, capsys):
+    """A stage with the CPU-sample options: bf16 autocast where the CPU has bf16 units (else it
+    says so and trains in fp32), validation with TTA and the largest component, all recorded."""
+    from kaggle_utils.train import cpu_has_fast_bf16
+
+    opts = {"cpu_bf16": True, "largest_component": True, "val_tta": True}
+    metrics = stage(tiny_member, small_synthetic, tmp_path, overrides=opts)
+    fast = cpu_has_fast_bf16()
+    assert metrics["amp"] == ("bfloat16" if fast else "fp32")
+    assert metrics["channels_last"] is fast  # "auto": on with AMP, off in CPU fp32
+    assert metrics["largest_component"] is True and metrics["val_tta"] is True
+    assert ("no bf16 units" in capsys.readouterr().out) is not fast
+    assert 0 <= metrics["best_dice"] <= 1  # a 2-epoch model: its largest blob may miss the car
+    history = pd.read_csv(tmp_path / "tiny" / "s1_64x96" / "history.csv")
+    assert history["train_loss"].notna().all() and history["train_loss"].iloc[-1] < 2
