@@ -1,6 +1,6 @@
 """The real-sample CPU config (issue 4): Dice reached on 12 held-out cars and the time it took.
 
-Trains `params/cpu_sample` (RefineNet v4 / ResNet-18 from scratch, 64x96 -> 128x192, 36 train /
+Trains `params/cpu_sample` (its one member, from scratch, ending at 128x192; 36 train /
 12 validation cars by car) through the real path -- `kaggle_utils.pipeline --only 04`, which runs
 04_stage_up and 03 per stage with papermill -- and prints each stage's full-resolution Dice and
 time, the wall time of the whole run and the target (Dice >= 0.988 in < 15 min on 2 cores).
@@ -23,16 +23,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ENSEMBLE = REPO / "params/cpu_sample/ensemble.yaml"
-MEMBER = "refinenet_v4_resnet18"
 TARGET_DICE, TARGET_S = 0.988, 15 * 60
 
 
+def member_name() -> str:
+    from kaggle_utils.config import load_ensemble, load_member
+
+    return load_member(load_ensemble(ENSEMBLE).member_paths(ENSEMBLE)[0]).name
+
+
 def report(run_dir: Path) -> int:
-    stages = sorted((run_dir / MEMBER).glob("s*_*/metrics.json"))
-    timing = run_dir / MEMBER / "bench_wall.json"
+    member = member_name()
+    stages = sorted((run_dir / member).glob("s*_*/metrics.json"))
+    timing = run_dir / member / "bench_wall.json"
     wall_s = json.loads(timing.read_text())["wall_s"] if timing.is_file() else None
     if not stages:
-        print(f"no finished stage under {run_dir / MEMBER}: run without --quick to train it")
+        print(f"no finished stage under {run_dir / member}: run without --quick to train it")
         return 0
     total = 0.0
     for path in stages:
@@ -60,14 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default=str(REPO / "runs/cpu_sample"))
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
+    member_dir = run_dir / member_name()
     if args.quick:
         return report(run_dir)
-    if args.fresh and (run_dir / MEMBER).exists():
-        shutil.rmtree(run_dir / MEMBER)
+    if args.fresh and member_dir.exists():
+        shutil.rmtree(member_dir)
     cmd = [sys.executable, "-m", "kaggle_utils.pipeline", str(ENSEMBLE), "--only", "04"]
     cmd += ["--run-dir", str(run_dir), "--device", "cpu"]
     print(">>", " ".join(cmd), flush=True)
-    finished_before = len(list((run_dir / MEMBER).glob("s*_*/metrics.json")))
+    finished_before = len(list(member_dir.glob("s*_*/metrics.json")))
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO)
     wall = time.perf_counter() - start
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return done.returncode
     if finished_before == 0:  # a whole run from scratch: its wall time is the one to report
         timing = {"wall_s": round(wall, 1), "command": " ".join(cmd)}
-        (run_dir / MEMBER / "bench_wall.json").write_text(json.dumps(timing))
+        (member_dir / "bench_wall.json").write_text(json.dumps(timing))
     return report(run_dir)
 
 
