@@ -73,7 +73,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 matrix products in hardware (AMX tiles, e.g. Xeon Sapphire
-    Rapids, or AVX512-BF16): there bf16 autocast trains ~2.4x faster than fp32 (measured on a
+    Rapids, or AVX512-BF16): there bf16 autocast trains ~2x faster than fp32 (measured on a
     RefineNet v4/ResNet-18 at 128x192, with channels_last); elsewhere it is emulated and slower."""
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
