@@ -61,6 +61,15 @@ def _put_int_slow(out: np.ndarray, pos: int, v: int) -> int:
     return pos + n + 1
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _change(out: np.ndarray, pos: int, p: int, inside: bool, start: int) -> tuple[int, int]:
+    """Pixel p differs from the one before: a run ends (write its length) or starts (write its
+    1-indexed start). Returns the new text position and run start."""
+    if inside:
+        return _put_int(out, pos, p - start), start
+    return _put_int(out, pos, p + 1), p
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def encode_into(b: np.ndarray, words: np.ndarray, out: np.ndarray) -> int:
     """Write the RLE text of uint8 pixels ``b`` into ``out``; return its length, or -1 if ``out``
@@ -101,27 +110,17 @@ def encode_into(b: np.ndarray, words: np.ndarray, out: np.ndarray) -> int:
                 car = ((((x & _LOW7) + _LOW7) | x) & _HIGH) >> np.uint64(7)
                 d = car ^ ((car << sh8) | np.uint64(inside))
                 while d != 0:
-                    p = 8 * i + (trailing_zeros(d) >> 3)
+                    if pos > cap:
+                        return -1
+                    pos, start = _change(out, pos, 8 * i + (trailing_zeros(d) >> 3), inside, start)
                     d &= d - np.uint64(1)
-                    if not inside:
-                        if pos > cap:
-                            return -1
-                        start = p
-                        pos = _put_int(out, pos, p + 1)
-                    else:
-                        pos = _put_int(out, pos, p - start)
                     inside = not inside
     for p in range(8 * m, n):  # the bytes after the last whole word
-        car = b[p] != 0
-        if car != inside:
-            if car:
-                if pos > cap:
-                    return -1
-                start = p
-                pos = _put_int(out, pos, p + 1)
-            else:
-                pos = _put_int(out, pos, p - start)
-            inside = car
+        if (b[p] != 0) != inside:
+            if pos > cap:
+                return -1
+            pos, start = _change(out, pos, p, inside, start)
+            inside = not inside
     if inside:  # a run touching the last pixel
         pos = _put_int(out, pos, n - start)
     return pos
