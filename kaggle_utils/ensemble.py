@@ -12,7 +12,7 @@ and vice versa (`cross_validate`); `keep_if_it_holds` then keeps the tuned choic
 equal weights and the best single member on held-out cars (tiny validation sets overfit).
 
 hflip TTA: stored OOF predictions (<run_dir>/<member>/<stage>/oof/*.png) are whatever the training
-loop saved (no TTA), so TTA on/off is scored by re-predicting the validation images with the stage's
+loop saved (mirror-averaged only for members with `val_tta`), so TTA on/off is scored by re-predicting the validation images with the stage's
 checkpoint (`repredict`), which is also the probability source the weight search uses when the
 ensemble submits with TTA: what is tuned is what is submitted.
 """
@@ -418,7 +418,8 @@ def probability_sources(
     device: str = "cpu",
     max_images: int | None = None,
 ) -> dict[str, OOFSet]:
-    """OOF sets per setting: "stored" (the training loop's PNGs, no TTA) and the validation images
+    """OOF sets per setting: "stored" (the training loop's PNGs, TTA as each member's `val_tta`)
+    and the validation images
     re-predicted by each checkpoint with hflip TTA off ("none") and on ("hflip")."""
     out = {"stored": oof_set(stages, data, source="oof", max_images=max_images)}
     for setting in tta:
@@ -742,9 +743,11 @@ def ensemble_spec(
     name: str = "ensemble",
     tta: bool = True,
     mode: str = "mean",
+    largest_component: bool = False,
     scores: dict | None = None,
 ) -> dict:
-    """The mapping 06 reads: members (checkpoint relative to run_dir), weights, threshold, tta."""
+    """The mapping 06 reads: members (checkpoint relative to run_dir), weights, threshold, tta,
+    and whether each mask keeps only its largest component."""
     run_dir = Path(run_dir).resolve()
     members = []
     for s, w in zip(stages, choice.weights, strict=True):
@@ -769,6 +772,7 @@ def ensemble_spec(
         "combine": mode,
         "threshold": round(float(choice.threshold), 4),
         "tta": bool(tta),
+        "largest_component": bool(largest_component),
         "oof_dice": round(float(choice.dice), 6),
         "members": members,
         "scores": scores or {},

@@ -231,10 +231,10 @@ def summarize(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = N
 
 def _image_shape(data_dir: Path) -> tuple[int, int]:
     from kaggle_utils.layout import find_data
+    from kaggle_utils.predict import image_shape
 
     data = find_data(data_dir)
-    first = data.test.names()[0]
-    return data.load_image(first.rsplit(".", 1)[0], split="test").shape[:2]
+    return image_shape(data.test, data.test.names()[0])
 
 
 def ensure_synthetic(data_dir: str | os.PathLike, **options: Any) -> Path:

@@ -319,13 +319,17 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 class _Encoder:
     """One background thread feeding the SubmissionWriter (RLE encode, chunk hand-off) so the
-    encode of batch k overlaps the inference of batch k+1; a bounded queue keeps memory flat."""
+    encode of batch k overlaps the inference of batch k+1; a bounded queue keeps memory flat.
+    ``prepare(masks)``, if given, runs in that thread first (mask clean-up, off the GPU's path)."""
 
-    def __init__(self, writer: Any, depth: int = 2):
+    def __init__(
+        self, writer: Any, depth: int = 2, prepare: Callable[[np.ndarray], np.ndarray] | None = None
+    ):
         import queue
         import threading
 
         self.writer = writer
+        self.prepare = prepare
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="submission-encode", daemon=True)
@@ -338,7 +342,10 @@ class _Encoder:
                 return
             if self.error is None:
                 try:
-                    self.writer.add(*item)
+                    ids, masks = item
+                    if self.prepare is not None:
+                        masks = self.prepare(masks)
+                    self.writer.add(ids, masks)
                 except BaseException as exc:  # re-raised in the caller's thread
                     self.error = exc
 
@@ -502,7 +509,9 @@ def predict_submission(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(ids), initial=done, desc="predict", unit="img")
-    encoder = _Encoder(writer)  # RLE-encodes in a thread while the next batch is inferred
+    # RLE-encodes (after the largest-component clean-up, if asked) in a thread while the next
+    # batch is inferred; OpenCV's labelling releases the GIL
+    encoder = _Encoder(writer, prepare=keep_largest_components if largest_component else None)
     try:
         for batch in loader:
             images = [_normalise(batch[f"image{k}"], dev) for k in range(len(sizes))]
@@ -511,8 +520,6 @@ def predict_submission(
             )
             cut = 0.5 if mode == "vote" else threshold
             masks = (probs[:, 0] > cut).to(torch.uint8).cpu().numpy()
-            if largest_component:
-                masks = keep_largest_components(masks).view(np.uint8)
             encoder.put([todo[i] for i in batch["index"].tolist()], masks)
             n += len(masks)
             if bar is not None:

@@ -82,7 +82,7 @@ def encode_into(b: np.ndarray, words: np.ndarray, out: np.ndarray) -> int:
     sh8, sh56 = np.uint64(8), np.uint64(56)
     flags = np.zeros(CHUNK, dtype=np.uint8)
     groups = flags.view(np.uint64)
-    cap = out.size - 40  # room for one more ``start length `` pair
+    cap = out.size - 64  # room for one more ``start length `` pair, 20 digits each at most
     pos = 0
     inside = False  # the previous pixel was car
     start = 0

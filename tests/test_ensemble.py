@@ -94,10 +94,11 @@ def test_cross_validation_by_car(oof):
 def test_ensemble_yaml_round_trip(run, oof, tmp_path):
     stages = E.pick_stages(E.find_stages(run))
     choice = E.choose(oof)
-    spec = E.ensemble_spec(stages, choice, run, name="t", tta=True)
+    spec = E.ensemble_spec(stages, choice, run, name="t", tta=True, largest_component=True)
     path = E.write_ensemble(spec, run / "ensemble.yaml")
     back = E.read_ensemble(path)
     assert [m["name"] for m in back["members"]] == ["alpha", "beta"]
+    assert back["largest_component"] is True  # 06 applies what 05 recorded
     assert back["members"][0]["checkpoint"] == "alpha/s1_64x96/best.pt"
     assert back["threshold"] == pytest.approx(choice.threshold)
     bad = tmp_path / "bad.yaml"
