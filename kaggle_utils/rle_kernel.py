@@ -14,11 +14,37 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
 from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.extending import intrinsic
 
 CHUNK = 512  # words per chunk (4 KB of mask): flags and words stay in L1 between the passes
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 _HIGH = np.uint64(0x8080808080808080)
+AHEAD = 2 * CHUNK  # prefetch distance in words
+# the intrinsic's name carries the pointer type: opaque pointers from LLVM 15 on
+_PREFETCH = "llvm.prefetch.p0" if llvm.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Hint the cache to fetch ``arr[idx]`` (read, keep in all levels); never faults."""
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), _PREFETCH
+        )
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx), codegen
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
@@ -70,6 +96,33 @@ def _change(out: np.ndarray, pos: int, p: int, inside: bool, start: int) -> tupl
     return _put_int(out, pos, p + 1), p
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _any8(groups: np.ndarray, s: int) -> np.uint64:
+    """Nonzero when any of the eight flag groups from ``s`` on holds a flag."""
+    return (groups[s] | groups[s + 1] | groups[s + 2] | groups[s + 3]) | (
+        groups[s + 4] | groups[s + 5] | groups[s + 6] | groups[s + 7]
+    )
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _word_changes(
+    out: np.ndarray, pos: int, x: np.uint64, i: int, inside: bool, start: int
+) -> tuple[int, int, bool]:
+    """Write the run changes inside word ``i`` (value ``x``); ``pos`` -1 when ``out`` is full."""
+    cap = out.size - 64  # room for one more ``start length `` pair, 20 digits each at most
+    # bytes -> 0x01 where the pixel is car, then 0x01 where it differs from the pixel before
+    # it (whose state is `inside`)
+    car = ((((x & _LOW7) + _LOW7) | x) & _HIGH) >> np.uint64(7)
+    d = car ^ ((car << np.uint64(8)) | np.uint64(inside))
+    while d != 0:
+        if pos > cap:
+            return -1, start, inside
+        pos, start = _change(out, pos, 8 * i + (trailing_zeros(d) >> 3), inside, start)
+        d &= d - np.uint64(1)
+        inside = not inside
+    return pos, start, inside
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def encode_into(b: np.ndarray, words: np.ndarray, out: np.ndarray) -> int:
     """Write the RLE text of uint8 pixels ``b`` into ``out``; return its length, or -1 if ``out``
@@ -89,6 +142,9 @@ def encode_into(b: np.ndarray, words: np.ndarray, out: np.ndarray) -> int:
     for c0 in range(0, m, CHUNK):
         size = min(CHUNK, m - c0)
         blk = words[c0 : c0 + size]
+        if c0 + AHEAD + CHUNK <= m:
+            for q in range(c0 + AHEAD, c0 + AHEAD + CHUNK, 8):  # one hint per 64-byte line
+                _prefetch(words, q)
         # pass 1, branch-free (vectorised): does any byte of a word differ from the byte before?
         # (pixel -1 is background, as in the idiom's padding)
         before = words[c0 - 1] >> sh56 if c0 > 0 else np.uint64(0)
@@ -97,24 +153,19 @@ def encode_into(b: np.ndarray, words: np.ndarray, out: np.ndarray) -> int:
             x = blk[k]
             flags[k] = (x ^ ((x << sh8) | (blk[k - 1] >> sh56))) != 0
         flags[size:] = 0
-        # pass 2, while the chunk is still in L1: only flagged words, eight flags at a time
-        for g in range((size + 7) // 8):
-            hits = groups[g]
-            while hits != 0:  # one set byte per flagged word
-                k = 8 * g + (trailing_zeros(hits) >> 3)
-                hits &= hits - np.uint64(1)
-                # bytes -> 0x01 where the pixel is car, then 0x01 where it differs from the
-                # pixel before it (whose state is `inside`)
-                x = blk[k]
-                i = c0 + k
-                car = ((((x & _LOW7) + _LOW7) | x) & _HIGH) >> np.uint64(7)
-                d = car ^ ((car << sh8) | np.uint64(inside))
-                while d != 0:
-                    if pos > cap:
+        # pass 2, while the chunk is still in L1: only flagged words, eight flags at a time,
+        # after skipping 64 words (eight groups) at once where none is flagged
+        for s in range(0, (size + 63) // 64 * 8, 8):
+            if _any8(groups, s) == 0:
+                continue
+            for g in range(s, s + 8):
+                hits = groups[g]
+                while hits != 0:  # one set byte per flagged word
+                    k = 8 * g + (trailing_zeros(hits) >> 3)
+                    hits &= hits - np.uint64(1)
+                    pos, start, inside = _word_changes(out, pos, blk[k], c0 + k, inside, start)
+                    if pos < 0:
                         return -1
-                    pos, start = _change(out, pos, 8 * i + (trailing_zeros(d) >> 3), inside, start)
-                    d &= d - np.uint64(1)
-                    inside = not inside
     for p in range(8 * m, n):  # the bytes after the last whole word
         if (b[p] != 0) != inside:
             if pos > cap:

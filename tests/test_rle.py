@@ -111,6 +111,18 @@ def test_periodic_words_in_full_size_mask():
     assert rle_encode(m.astype(bool)) == kaggle_idiom(m)
 
 
+def test_isolated_pixels_at_block_and_chunk_edges():
+    """The kernel skips 64-word blocks with no change and prefetches ahead by chunks: a lone
+    changed pixel just before, at and after every such edge must still be found."""
+    m = np.zeros(3 * 4096 * 5 + 77, np.uint8)  # 15 chunks and a ragged tail
+    for edge in range(0, m.size, 512):  # 64 words = 512 bytes
+        for p in (edge - 1, edge, edge + 1, edge + 7, edge + 8):
+            if 0 <= p < m.size:
+                m[p] = 255
+    m[-3:] = 1
+    assert rle_encode(m) == kaggle_idiom((m != 0).astype(np.uint8))
+
+
 def test_layouts_and_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)
