@@ -109,6 +109,14 @@ class EMAConfig(_Strict):
     warmup_steps: int = Field(default=0, ge=0, description="plain copy of weights before this step")
 
 
+class GuidedFilterConfig(_Strict):
+    """Edge-aware upsampling of the prediction with the photo as guide (``refine``)."""
+
+    scale: Literal[1, 2, 4, 8] = Field(default=4, description="guide = photo at 1/scale size")
+    radius: int = Field(default=2, ge=1, le=32, description="window radius, in guide pixels")
+    eps: float = Field(default=1e-4, gt=0, description="edge strength to follow (gray in 0..1)")
+
+
 class MemberConfig(_Strict):
     """One ensemble member: model, loss, optimisation and its resolution stages."""
 
@@ -151,6 +159,9 @@ class MemberConfig(_Strict):
     val_tta: bool = Field(
         default=False, description="validate on the mean of the image's and its mirror's prediction"
     )
+    guided_filter: GuidedFilterConfig | None = Field(
+        default=None, description="score validation after edge-aware upsampling (refine)"
+    )
     stages: list[StageConfig] = Field(min_length=1)
 
     @field_validator("model")
@@ -190,6 +201,8 @@ class MemberConfig(_Strict):
         """Hash of what determines stage `stage`'s result (not workers or paths): a finished
         stage is only skipped when it is unchanged."""
         spec = self.model_dump(mode="json", exclude={"num_workers", "description"})
+        if spec["guided_filter"] is None:  # added later: stages finished before stay valid
+            del spec["guided_filter"]
         spec["stages"] = spec["stages"][: stage + 1]
         blob = json.dumps({"member": spec, "stage": stage}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -215,6 +228,9 @@ class EnsembleConfig(_Strict):
     threshold: float | None = Field(default=None, gt=0, lt=1, description="None -> tuned on OOF")
     largest_component: bool = Field(
         default=False, description="06: keep each test mask's largest connected component"
+    )
+    guided_filter: GuidedFilterConfig | None = Field(
+        default=None, description="06: upsample with the photo as guide (refine)"
     )
     predict_batch_size: int = Field(default=4, ge=1)
     submit_limit: int | None = Field(default=None, ge=1)

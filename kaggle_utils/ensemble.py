@@ -744,10 +744,12 @@ def ensemble_spec(
     tta: bool = True,
     mode: str = "mean",
     largest_component: bool = False,
+    guided_filter: Any = None,
     scores: dict | None = None,
 ) -> dict:
     """The mapping 06 reads: members (checkpoint relative to run_dir), weights, threshold, tta,
-    and whether each mask keeps only its largest component."""
+    whether each mask keeps only its largest component, and the guided upsampling (``refine``;
+    a ``GuidedFilterConfig``, its dict or None)."""
     run_dir = Path(run_dir).resolve()
     members = []
     for s, w in zip(stages, choice.weights, strict=True):
@@ -773,10 +775,17 @@ def ensemble_spec(
         "threshold": round(float(choice.threshold), 4),
         "tta": bool(tta),
         "largest_component": bool(largest_component),
+        "guided_filter": _as_dict(guided_filter),
         "oof_dice": round(float(choice.dice), 6),
         "members": members,
         "scores": scores or {},
     }
+
+
+def _as_dict(cfg: Any) -> dict | None:
+    if cfg is None:
+        return None
+    return dict(cfg.model_dump() if hasattr(cfg, "model_dump") else cfg)
 
 
 def write_ensemble(spec: dict, path: str | os.PathLike) -> Path:

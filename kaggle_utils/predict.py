@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from kaggle_utils.config import GuidedFilterConfig
+from kaggle_utils.refine import guide_shape, guided_upsample
+
 COMPETITION = "carvana-image-masking-challenge"
 MODES = ("mean", "vote")
 
@@ -138,6 +141,28 @@ def submit_ensemble(run_dir: str | os.PathLike) -> tuple[dict, Path]:
     return default_spec(folders[0]), folders[0]
 
 
+def submit_settings(spec: dict, cfg: Any = None) -> dict[str, Any]:
+    """``predict_submission`` keyword arguments from 05's ensemble spec: tta, combine mode,
+    threshold and the post-processing 05 recorded; where 05 predates a setting, the ensemble
+    file's (``cfg``, an ``EnsembleConfig``) is used."""
+
+    def pick(key: str, default: Any) -> Any:
+        if key in spec:
+            return spec[key]
+        return getattr(cfg, key, default) if cfg is not None else default
+
+    guided = pick("guided_filter", None)
+    if guided is not None and not isinstance(guided, GuidedFilterConfig):
+        guided = GuidedFilterConfig(**guided)
+    return {
+        "tta": bool(spec.get("tta", True)),
+        "mode": spec.get("combine", "mean"),
+        "threshold": float(spec["threshold"]),
+        "largest_component": bool(pick("largest_component", False)),
+        "guided": guided,
+    }
+
+
 # --------------------------------------------------------------------------------------------------
 # images
 
@@ -149,10 +174,17 @@ class TestImages(Dataset):
     the worker-to-main transfer stays uint8.
     """
 
-    def __init__(self, store: Any, names: Sequence[str], sizes: Sequence[tuple[int, int]]):
+    def __init__(
+        self,
+        store: Any,
+        names: Sequence[str],
+        sizes: Sequence[tuple[int, int]],
+        guide_size: tuple[int, int] | None = None,
+    ):
         self.store = store
         self.names = list(names)
         self.sizes = [tuple(s) for s in sizes]
+        self.guide_size = guide_size  # also a gray guide at this size (``refine``)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -170,6 +202,9 @@ class TestImages(Dataset):
             except Exception as exc:
                 raise ValueError(f"cannot decode test image {label}: {exc}") from exc
             out[f"image{k}"] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        if self.guide_size is not None:
+            rgb = decode_jpeg(data, self.guide_size, name=label)
+            out["guide"] = torch.from_numpy(rgb.mean(-1).round().astype(np.uint8)[None])
         return out
 
 
@@ -284,30 +319,45 @@ def ensemble_probs(
     mode: str = "mean",
     threshold: float = 0.5,
     amp: bool | None = None,
+    guide: torch.Tensor | None = None,
+    guided: GuidedFilterConfig | None = None,
 ) -> torch.Tensor:
     """Weighted ensemble at full resolution (N,1,H,W): mean of probabilities or a weighted vote.
 
-    Bilinear upsampling is linear, so members sharing a size are summed before one upsample.
+    guide, guided: upsample through ``refine.guided_upsample`` with this gray guide (N,1,h,w)
+    first. Bilinear upsampling and the guided filter are both linear in the probabilities, so
+    members sharing a size are summed before one upsample, and the mean is filtered once.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose from {', '.join(MODES)}")
+    if (guide is None) != (guided is None):
+        raise ValueError("ensemble_probs needs both guide and guided, or neither")
+
+    def upsample(p: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(p.shape[-2:]) == tuple(size):
+            return p
+        return F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+
+    def to_full(p: torch.Tensor) -> torch.Tensor:
+        if guided is not None:
+            p = guided_upsample(p, guide, guided.radius, guided.eps)
+        return upsample(p, out_shape)
+
     total = float(sum(m.weight for m in members))
     by_size: dict[int, torch.Tensor] = {}
     for member, k in zip(members, size_index, strict=True):
         p = member_probs(member.model, images[k], tta, amp)
         if mode == "vote":
-            p = F.interpolate(p, size=out_shape, mode="bilinear", align_corners=False)
-            p = (p > threshold).float()
+            p = (to_full(p) > threshold).float()
             k = -1
         p = p * (member.weight / total)
         by_size[k] = p if k not in by_size else by_size[k] + p
-    acc = None
-    for k, p in by_size.items():
-        if k != -1 and tuple(p.shape[-2:]) != tuple(out_shape):
-            p = F.interpolate(p, size=out_shape, mode="bilinear", align_corners=False)
-        acc = p if acc is None else acc + p
-    assert acc is not None
-    return acc
+    if mode == "vote":
+        return by_size[-1]
+    if guided is not None:  # one guided filter on the weighted mean, at the guide's size
+        size = tuple(guide.shape[-2:])
+        return to_full(sum(upsample(p, size) for p in by_size.values()))
+    return sum(upsample(p, out_shape) for p in by_size.values())
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -429,6 +479,7 @@ def predict_submission(
     mode: str = "mean",
     threshold: float = 0.5,
     largest_component: bool = False,
+    guided: GuidedFilterConfig | dict | None = None,
     batch_size: int = 4,
     num_workers: int | None = None,
     device: str | torch.device | None = None,
@@ -448,6 +499,7 @@ def predict_submission(
     restart: drop the parts of an interrupted run instead of resuming it. Parts written by a
     different ensemble (checkpoints, weights, threshold, TTA, mode) are never resumed silently.
     largest_component: keep each mask's largest connected component (``postprocess``).
+    guided: upsample with the photo as guide (``refine``; a ``GuidedFilterConfig`` or its dict).
     """
     from kaggle_utils.postprocess import keep_largest_components
     from kaggle_utils.submission import SubmissionWriter
@@ -477,6 +529,11 @@ def predict_submission(
     settings = {"tta": tta, "mode": mode, "threshold": threshold}
     if largest_component:  # only when on: earlier runs' fingerprints stay valid
         settings["largest_component"] = True
+    if isinstance(guided, dict):
+        guided = GuidedFilterConfig(**guided)
+    guide_size = guide_shape(out_shape, guided.scale) if guided is not None else None
+    if guided is not None:
+        settings["guided_filter"] = guided.model_dump()
     _check_resume(out_path, members, **settings, restart=restart)
     writer = SubmissionWriter(
         out_path, ids, chunk_size=chunk_size, shape=out_shape, workers=encode_workers
@@ -488,7 +545,7 @@ def predict_submission(
         print(f"resuming {out_path.name}: {done} of {len(ids)} images already written", flush=True)
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
     loader = DataLoader(
-        TestImages(store, todo, sizes),
+        TestImages(store, todo, sizes, guide_size),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -515,8 +572,17 @@ def predict_submission(
     try:
         for batch in loader:
             images = [_normalise(batch[f"image{k}"], dev) for k in range(len(sizes))]
+            guide = batch["guide"].to(dev).float() / 255.0 if guided is not None else None
             probs = ensemble_probs(
-                members, images, size_index, out_shape, tta=tta, mode=mode, threshold=threshold
+                members,
+                images,
+                size_index,
+                out_shape,
+                tta=tta,
+                mode=mode,
+                threshold=threshold,
+                guide=guide,
+                guided=guided,
             )
             cut = 0.5 if mode == "vote" else threshold
             masks = (probs[:, 0] > cut).to(torch.uint8).cpu().numpy()

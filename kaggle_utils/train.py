@@ -47,7 +47,7 @@ from kaggle_utils.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from kaggle_utils.config import MemberConfig, load_member
+from kaggle_utils.config import GuidedFilterConfig, MemberConfig, load_member
 
 __all__ = [
     "NonFiniteLossError",
@@ -263,8 +263,16 @@ class _ValMasks:
     height at most (aspect kept; a cheaper CPU proxy); False: the training size.
     """
 
-    def __init__(self, data: Any, ids: list[str], val_full_res: bool | int, size: tuple[int, int]):
+    def __init__(
+        self,
+        data: Any,
+        ids: list[str],
+        val_full_res: bool | int,
+        size: tuple[int, int],
+        guide_scale: int | None = None,
+    ):
         from kaggle_utils.dataset import resize_mask
+        from kaggle_utils.refine import guide_shape
 
         self.ids = ids
         self.shape: tuple[int, int] | None = None
@@ -277,23 +285,32 @@ class _ValMasks:
             h = min(int(val_full_res), native[0])
             return h, round(native[1] * h / native[0])
 
-        def load(image_id: str) -> tuple[tuple[int, int], np.ndarray]:
+        def load(image_id: str) -> tuple[tuple[int, int], np.ndarray, np.ndarray | None]:
             mask = data.load_mask(image_id)
             shape = target_shape(mask.shape[:2])
-            return shape, np.packbits(resize_mask(mask, shape))
+            guide = None
+            if guide_scale:  # the photo at 1/scale of its own (= the mask's) size, gray
+                rgb = data.load_image(image_id, size=guide_shape(mask.shape[:2], guide_scale))
+                guide = rgb.mean(-1).round().astype(np.uint8)
+            return shape, np.packbits(resize_mask(mask, shape)), guide
 
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
             loaded = list(pool.map(load, ids))
-        shapes = {s for s, _ in loaded}
+        shapes = {s for s, _, _ in loaded}
         if len(shapes) > 1:
             raise ValueError(f"validation masks differ in size: {sorted(shapes)}")
         self.shape = shapes.pop() if shapes else (self.shape or FULL_RES)
-        self.packed = dict(zip(ids, (p for _, p in loaded), strict=True))
+        self.packed = dict(zip(ids, (p for _, p, _ in loaded), strict=True))
+        self.guides = {i: g for i, (_, _, g) in zip(ids, loaded, strict=True) if g is not None}
 
     def get(self, ids: list[str]) -> torch.Tensor:
         n = self.shape[0] * self.shape[1]
         arr = np.stack([np.unpackbits(self.packed[i], count=n).reshape(self.shape) for i in ids])
         return torch.from_numpy(arr)
+
+    def guide(self, ids: list[str]) -> torch.Tensor:
+        """Gray guides (N,1,h,w) in [0, 1] for ``refine.guided_upsample``."""
+        return torch.from_numpy(np.stack([self.guides[i] for i in ids])[:, None]).float() / 255.0
 
     @property
     def label(self) -> str:
@@ -547,12 +564,16 @@ def evaluate(
     largest_component: bool = False,
     tta: bool = False,
     keep_probs: bool = False,
+    guided: GuidedFilterConfig | None = None,
 ) -> tuple[float, pd.DataFrame, dict[str, np.ndarray]]:
     """(mean loss at training size, per-image Dice at the metric resolution, probs if asked).
 
     tta: probabilities averaged with the mirrored image's (as 06 predicts); the loss is the
-    plain pass's, so it stays comparable with the training loss."""
+    plain pass's, so it stays comparable with the training loss. guided: Dice after the
+    edge-aware upsampling 06 applies (``refine``; ``masks`` holds the guides). Kept probs are
+    the model's own, at the training size."""
     from kaggle_utils.metrics import full_res_dice
+    from kaggle_utils.refine import guided_upsample
 
     model.eval()
     total, count = 0.0, 0
@@ -576,9 +597,10 @@ def evaluate(
         ids = list(batch["id"])
         for j in range(0, len(ids), 4):  # bounded memory at 1280x1918
             full = masks.get(ids[j : j + 4]).to(device)
-            dice = full_res_dice(
-                probs[j : j + 4], full, threshold=threshold, largest_component=largest_component
-            )
+            p = probs[j : j + 4]
+            if guided is not None:
+                p = guided_upsample(p, masks.guide(ids[j : j + 4]), guided.radius, guided.eps)
+            dice = full_res_dice(p, full, threshold=threshold, largest_component=largest_component)
             rows += list(zip(ids[j : j + 4], dice.cpu().tolist(), strict=True))
         if keep_probs:
             u8 = (probs[:, 0] * 255).round().to(torch.uint8).cpu().numpy()
@@ -654,7 +676,10 @@ def train_stage(
 
     t0 = time.perf_counter()
     train_ds, val_ds = _build_datasets(run)
-    val_masks = _ValMasks(run.data, list(run.val_index["id"]), member.val_full_res, run.size)
+    gf = member.guided_filter
+    val_masks = _ValMasks(
+        run.data, list(run.val_index["id"]), member.val_full_res, run.size, gf.scale if gf else None
+    )
     print(
         f"data ready in {time.perf_counter() - t0:.1f} s (cache={member.cache}, Dice at {val_masks.label})"
     )
@@ -721,6 +746,7 @@ def train_stage(
         "threshold": member.threshold,
         "largest_component": member.largest_component,
         "val_tta": member.val_tta,
+        "guided_filter": gf.model_dump() if gf else None,
     }
     train_images, train_seconds = 0, 0.0
     for epoch in range(start_epoch, cfg.epochs):
@@ -801,6 +827,7 @@ def train_stage(
                 threshold=member.threshold,
                 largest_component=member.largest_component,
                 tta=member.val_tta,
+                guided=member.guided_filter,
             )
             row["val_loss"], row["val_dice"] = val_loss, float(per_image["dice"].mean())
             if row["val_dice"] > best_dice:
@@ -862,6 +889,7 @@ def train_stage(
         threshold=member.threshold,
         largest_component=member.largest_component,
         tta=member.val_tta,
+        guided=member.guided_filter,
         keep_probs=True,
     )
     oof_dir = stage_dir / "oof"

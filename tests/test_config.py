@@ -128,6 +128,19 @@ def test_params_hash_tracks_what_matters(tmp_path):
     assert base.params_hash(1) != load_member(path, {"stages.1.epochs": 9}).params_hash(1)
 
 
+def test_guided_filter_key_is_checked_and_hashed(tmp_path):
+    path = write(tmp_path, MEMBER)
+    base = load_member(path)
+    assert base.guided_filter is None
+    on = load_member(path, {"guided_filter": {"radius": 3}})
+    assert on.guided_filter.scale == 4 and on.guided_filter.radius == 3
+    assert on.params_hash(0) != base.params_hash(0)  # it decides the best epoch
+    with pytest.raises(ConfigError, match=r"guided_filter\.scale"):
+        load_member(path, {"guided_filter": {"scale": 3}})
+    with pytest.raises(ConfigError, match=r"guided_filter\.radious"):
+        load_member(path, {"guided_filter": {"radious": 3}})
+
+
 def test_parse_size():
     assert parse_size("1280x1792") == (1280, 1792) and parse_size(1024) == (1024, 1024)
     for bad in ("1280x1918", "abc", [1, 2, 3], True, 0):

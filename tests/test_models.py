@@ -130,6 +130,24 @@ def test_vgg_variants_use_the_full_resolution_feature():
     assert not resnet.full_res_skip and resnet.blocks[-1].skip_channels == 0
 
 
+def test_image_skip_stacks_the_input_image_into_the_last_block():
+    """image_skip: the full-resolution block receives the (normalised) image itself."""
+    spec = {"arch": "refinenet_v4", "encoder": "resnet18", "decoder_channels": SMALL_DECODER}
+    model = build_model({**spec, "image_skip": True}).eval()
+    last = model.net.decoder.blocks[-1]
+    assert last.skip_channels == 3
+    got: list[torch.Tensor] = []
+    hook = last.convs.register_forward_pre_hook(lambda m, a: got.append(a[0]))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    assert got[0].shape[1] == last.in_channels + 3
+    torch.testing.assert_close(got[0][:, -3:], x)  # the image, stacked after the features
+    with pytest.raises(ValueError, match="image_skip"):  # a misspelling lists the key
+        build_model({**spec, "image_skp": True})
+
+
 def test_wrapper_pads_reflect_and_crops_back():
     model = build_model(
         {"arch": "refinenet_v4", "encoder": "resnet18", "decoder_channels": SMALL_DECODER}

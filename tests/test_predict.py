@@ -256,3 +256,55 @@ def test_largest_component_submission(small_synthetic, members, tmp_path):
         assert n_parts <= 2
         changed += raw != kept
     assert changed  # the untrained member leaves islands to remove
+
+
+def test_guided_submission_writes_the_guided_ensemble(small_synthetic, members, tmp_path):
+    """With ``guided``, each written mask is the thresholded guided ensemble of that image (the
+    photo decoded at 1/4 size as guide), and a plain run's parts are not resumed by it."""
+    from kaggle_utils.config import GuidedFilterConfig
+    from kaggle_utils.refine import guide_shape
+
+    data = find_data(small_synthetic)
+    kw = {"batch_size": 2, "num_workers": 0, "chunk_size": 4, "progress": False, "limit": 2}
+    guided = GuidedFilterConfig(scale=4, radius=2, eps=1e-3)
+    out = tmp_path / "g.csv.gz"
+    sub = _read(P.predict_submission(members, data, out, guided=guided.model_dump(), **kw).path)
+    name = sub["img"].iloc[0]
+    shape = P.image_shape(data.test, name)
+    item = P.TestImages(data.test, [name], [members[0].size], guide_shape(shape, 4))[0]
+    image = P._normalise(item["image0"][None], torch.device("cpu"))
+    guide = item["guide"][None].float() / 255.0
+    probs = P.ensemble_probs(members, [image], [0], shape, guide=guide, guided=guided)
+    expected = (probs[0, 0] > 0.5).numpy()
+    np.testing.assert_array_equal(rle_decode(sub["rle_mask"].iloc[0], shape), expected)
+    plain = P.ensemble_probs(members, [image], [0], shape)
+    assert ((plain[0, 0] > 0.5).numpy() != expected).any()  # the filter changed the mask
+    with pytest.raises(ValueError, match="both guide and guided"):
+        P.ensemble_probs(members, [image], [0], shape, guide=guide)
+    # an interrupted guided run is not resumed without the filter (a different setting)
+
+    def stop(n_done: int) -> None:
+        if n_done >= 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "h.csv.gz"
+    kw.update(limit=4, chunk_size=2)
+    with pytest.raises(KeyboardInterrupt):
+        P.predict_submission(members, data, out, guided=guided, on_batch=stop, **kw)
+    with pytest.raises(ValueError, match="other members or settings"):
+        P.predict_submission(members, data, out, **kw)
+
+
+def test_submit_settings_prefer_05s_spec_then_the_ensemble_file():
+    from kaggle_utils.config import EnsembleConfig, GuidedFilterConfig
+
+    cfg = EnsembleConfig(
+        name="e", members=["m.yaml"], largest_component=True, guided_filter={"radius": 3}
+    )
+    old = {"threshold": 0.45, "members": []}  # written before 05 recorded post-processing
+    got = P.submit_settings(old, cfg)
+    assert got["largest_component"] is True and got["guided"] == GuidedFilterConfig(radius=3)
+    assert got["threshold"] == 0.45 and got["tta"] is True and got["mode"] == "mean"
+    new = {**old, "largest_component": False, "guided_filter": None, "combine": "vote"}
+    got = P.submit_settings(new, cfg)
+    assert got["largest_component"] is False and got["guided"] is None and got["mode"] == "vote"

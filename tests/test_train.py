@@ -328,17 +328,54 @@ def test_validation_tta_averages_the_mirrored_prediction(small_synthetic):
     assert list(tta["id"]) == list(plain["id"])
 
 
+def test_guided_validation_scores_the_guided_upsampling(small_synthetic):
+    """guided: Dice is that of ``refine.guided_upsample`` with the photo at 1/4 size as guide."""
+    from _tiny_run import TINY_SPEC
+
+    from kaggle_utils.config import GuidedFilterConfig
+    from kaggle_utils.index import train_index
+    from kaggle_utils.layout import find_data
+    from kaggle_utils.losses import build_loss
+    from kaggle_utils.metrics import full_res_dice
+    from kaggle_utils.models import build_model
+    from kaggle_utils.refine import guide_shape, guided_upsample, to_guide
+    from kaggle_utils.train import _CachedDataset, _ValMasks, evaluate
+
+    data = find_data(small_synthetic)
+    index = train_index(data).iloc[:3]
+    ids, size = list(index["id"]), (64, 96)
+    loader = torch.utils.data.DataLoader(_CachedDataset(data, index, size), batch_size=3)
+    masks = _ValMasks(data, ids, True, size, guide_scale=4)
+    torch.manual_seed(0)
+    model = build_model(TINY_SPEC).eval()
+    gf = GuidedFilterConfig(scale=4, radius=2, eps=1e-3)
+    cpu, loss_fn = torch.device("cpu"), build_loss({"bce": 1.0})
+    _, plain, probs = evaluate(model, loader, loss_fn, masks, cpu, keep_probs=True)
+    _, guided, probs_g = evaluate(model, loader, loss_fn, masks, cpu, keep_probs=True, guided=gf)
+    for i in ids:  # the stored OOF probabilities stay the model's own
+        np.testing.assert_array_equal(probs[i], probs_g[i])
+    full = masks.get(ids)
+    rgb = np.stack([data.load_image(i, size=guide_shape(full.shape[-2:], 4)) for i in ids])
+    with torch.no_grad():
+        p = torch.sigmoid(model(next(iter(loader))["image"]))
+    expected = full_res_dice(guided_upsample(p, to_guide(torch.from_numpy(rgb))), full)
+    np.testing.assert_allclose(guided["dice"], expected.numpy(), atol=2e-3)
+    assert not np.allclose(guided["dice"], plain["dice"])
+
+
 def test_cpu_bf16_largest_component_and_tta_options(small_synthetic, tiny_member, tmp_path, capsys):
     """A stage with the CPU-sample options: bf16 autocast where the CPU has bf16 units (else it
     says so and trains in fp32), validation with TTA and the largest component, all recorded."""
     from kaggle_utils.train import cpu_has_fast_bf16
 
     opts = {"cpu_bf16": True, "largest_component": True, "val_tta": True}
+    opts["guided_filter"] = {"scale": 4, "radius": 2, "eps": 1e-3}
     metrics = stage(tiny_member, small_synthetic, tmp_path, overrides=opts)
     fast = cpu_has_fast_bf16()
     assert metrics["amp"] == ("bfloat16" if fast else "fp32")
     assert metrics["channels_last"] is fast  # "auto": on with AMP, off in CPU fp32
     assert metrics["largest_component"] is True and metrics["val_tta"] is True
+    assert metrics["guided_filter"] == opts["guided_filter"]
     assert ("no bf16 units" in capsys.readouterr().out) is not fast
     assert 0 <= metrics["best_dice"] <= 1  # a 2-epoch model: its largest blob may miss the car
     history = pd.read_csv(tmp_path / "tiny" / "s1_64x96" / "history.csv")

@@ -75,7 +75,8 @@ class RefineNetDecoder(nn.Module):
     """One block per encoder stride, deepest first; the last block returns to input resolution.
 
     Skips are the encoder features at strides 16, 8, 4, 2 (for depth 5). The stride-1 feature joins
-    the last block only where the encoder produces a learned one (VGG), not the raw image (ResNet).
+    the last block where the encoder produces a learned one (VGG), and the raw image (ResNet) when
+    ``full_res_skip`` asks for it (``image_skip``).
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class RefineNet(nn.Module):
         merge: Merge = "concat",
         convs_per_block: int = 2,
         deep_supervision: bool = False,
+        image_skip: bool = False,
     ):
         super().__init__()
         local = encoder_weights is not None and is_weights_path(encoder_weights)
@@ -153,7 +155,10 @@ class RefineNet(nn.Module):
             decoder_channels,
             merge=merge,
             n_convs=convs_per_block,
-            full_res_skip=enc_channels[0] != in_channels,
+            # image_skip: the last block also sees the input image itself. Without it the
+            # full-resolution block only has upsampled stride-2 features, so an outline can
+            # only be placed as finely as those allow; with it, the image's own edges guide it.
+            full_res_skip=enc_channels[0] != in_channels or image_skip,
         )
         self.head = nn.Conv2d(decoder_channels[-1], classes, kernel_size=1)
         self.deep_supervision = deep_supervision
@@ -194,4 +199,4 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "refinenet_v6": ("vgg16", {"merge": "concat", "deep_supervision": True}),
 }
 FIXED_KEYS = ("merge", "deep_supervision")  # what makes a variant; not overridable from a spec
-TUNABLE_KEYS = ("encoder_depth", "decoder_channels", "convs_per_block")
+TUNABLE_KEYS = ("encoder_depth", "decoder_channels", "convs_per_block", "image_skip")
