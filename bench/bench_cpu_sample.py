@@ -48,6 +48,7 @@ def report(run_dir: Path) -> int:
             f"{m['stage_name']:<12} Dice {m['best_dice']:.5f} at {m['dice_resolution']} "
             f"(epoch {m['best_epoch']}), {m['time_s']:.0f} s training, "
             f"{m['images_per_s']:.1f} img/s, {m['amp']}"
+            + (", guided upsampling" if m.get("guided_filter") else "")
         )
     final = json.loads(stages[-1].read_text())["best_dice"]
     wall = f"{wall_s:.0f} s wall for both stages" if wall_s else "wall time not recorded"
