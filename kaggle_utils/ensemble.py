@@ -12,9 +12,10 @@ and vice versa (`cross_validate`); `keep_if_it_holds` then keeps the tuned choic
 equal weights and the best single member on held-out cars (tiny validation sets overfit).
 
 hflip TTA: stored OOF predictions (<run_dir>/<member>/<stage>/oof/*.png) are whatever the training
-loop saved (mirror-averaged only for members with `val_tta`), so TTA on/off is scored by re-predicting the validation images with the stage's
-checkpoint (`repredict`), which is also the probability source the weight search uses when the
-ensemble submits with TTA: what is tuned is what is submitted.
+loop saved (mirror-averaged only for members with `val_tta`), so TTA on/off is scored by
+re-predicting the validation images with the stage's checkpoint (`repredict`), which is also the
+probability source the weight search uses when the ensemble submits with TTA: what is tuned is
+what is submitted.
 """
 
 from __future__ import annotations
@@ -419,8 +420,8 @@ def probability_sources(
     max_images: int | None = None,
 ) -> dict[str, OOFSet]:
     """OOF sets per setting: "stored" (the training loop's PNGs, TTA as each member's `val_tta`)
-    and the validation images
-    re-predicted by each checkpoint with hflip TTA off ("none") and on ("hflip")."""
+    and the validation images re-predicted by each checkpoint with hflip TTA off ("none") and on
+    ("hflip")."""
     out = {"stored": oof_set(stages, data, source="oof", max_images=max_images)}
     for setting in tta:
         if setting not in ("none", "hflip"):

@@ -72,17 +72,33 @@ def decode_jpeg(
     Uses reduced DCT decoding whenever the target allows it without upsampling, then INTER_AREA.
     ``name`` only labels errors.
     """
-    size = _check_size(size)
+    return decode_jpeg_sizes(data, [size], name)[0]
+
+
+def decode_jpeg_sizes(
+    data: bytes, sizes: list[tuple[int, int] | None], name: str | None = None
+) -> list[np.ndarray]:
+    """``decode_jpeg`` at each of ``sizes`` (None: as stored), decoding once per libjpeg scale:
+    ensemble members at several sizes and a 1/4-size guide share the reduced decodes."""
+    checked = [_check_size(s) for s in sizes]
     buf = np.frombuffer(data, dtype=np.uint8)
-    r = reduction_factor(jpeg_size(data, name), size) if size is not None else 1
-    bgr = cv2.imdecode(buf, _REDUCED_FLAGS[r])
-    if bgr is None:
-        raise ValueError(f"cannot decode JPEG {_label(name)} ({len(data)} bytes)")
-    if size is not None and bgr.shape[:2] != size:
-        # INTER_AREA is the right filter for shrinking; for a (rare) enlargement it falls back
-        # to bilinear-like behaviour, which is what we want too.
-        bgr = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    src = jpeg_size(data, name) if any(s is not None for s in checked) else None
+    decoded: dict[int, np.ndarray] = {}
+    out = []
+    for size in checked:
+        r = reduction_factor(src, size) if size is not None else 1  # type: ignore[arg-type]
+        if r not in decoded:
+            bgr = cv2.imdecode(buf, _REDUCED_FLAGS[r])
+            if bgr is None:
+                raise ValueError(f"cannot decode JPEG {_label(name)} ({len(data)} bytes)")
+            decoded[r] = bgr
+        bgr = decoded[r]
+        if size is not None and bgr.shape[:2] != size:
+            # INTER_AREA is the right filter for shrinking; for a (rare) enlargement it falls
+            # back to bilinear-like behaviour, which is what we want too.
+            bgr = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return out
 
 
 def decode_jpeg_full(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:

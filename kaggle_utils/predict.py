@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from kaggle_utils.config import GuidedFilterConfig
-from kaggle_utils.refine import guide_shape, guided_upsample
+from kaggle_utils.refine import gray_guide, guide_shape, guided_upsample, to_guide
 
 COMPETITION = "carvana-image-masking-challenge"
 MODES = ("mean", "vote")
@@ -151,15 +151,12 @@ def submit_settings(spec: dict, cfg: Any = None) -> dict[str, Any]:
             return spec[key]
         return getattr(cfg, key, default) if cfg is not None else default
 
-    guided = pick("guided_filter", None)
-    if guided is not None and not isinstance(guided, GuidedFilterConfig):
-        guided = GuidedFilterConfig(**guided)
     return {
         "tta": bool(spec.get("tta", True)),
         "mode": spec.get("combine", "mean"),
         "threshold": float(spec["threshold"]),
         "largest_component": bool(pick("largest_component", False)),
-        "guided": guided,
+        "guided": pick("guided_filter", None),  # a dict from 05, a GuidedFilterConfig from cfg
     }
 
 
@@ -190,21 +187,21 @@ class TestImages(Dataset):
         return len(self.names)
 
     def __getitem__(self, i: int) -> dict:
-        from kaggle_utils.imageio import decode_jpeg
+        from kaggle_utils.imageio import decode_jpeg_sizes
 
         name = self.names[i]
         data = self.store.read_bytes(name)
-        out: dict[str, Any] = {"index": i}
         label = self.store.describe(name)
-        for k, size in enumerate(self.sizes):
-            try:
-                img = decode_jpeg(data, size, name=label)
-            except Exception as exc:
-                raise ValueError(f"cannot decode test image {label}: {exc}") from exc
+        guide = [self.guide_size] if self.guide_size is not None else []
+        try:  # one reduced decode per libjpeg scale, shared by the members and the guide
+            images = decode_jpeg_sizes(data, [*self.sizes, *guide], name=label)
+        except Exception as exc:
+            raise ValueError(f"cannot decode test image {label}: {exc}") from exc
+        out: dict[str, Any] = {"index": i}
+        for k, img in enumerate(images[: len(self.sizes)]):
             out[f"image{k}"] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        if self.guide_size is not None:
-            rgb = decode_jpeg(data, self.guide_size, name=label)
-            out["guide"] = torch.from_numpy(rgb.mean(-1).round().astype(np.uint8)[None])
+        if guide:
+            out["guide"] = torch.from_numpy(gray_guide(images[-1])[None])
         return out
 
 
@@ -529,10 +526,10 @@ def predict_submission(
     settings = {"tta": tta, "mode": mode, "threshold": threshold}
     if largest_component:  # only when on: earlier runs' fingerprints stay valid
         settings["largest_component"] = True
-    if isinstance(guided, dict):
-        guided = GuidedFilterConfig(**guided)
-    guide_size = guide_shape(out_shape, guided.scale) if guided is not None else None
+    guide_size = None
     if guided is not None:
+        guided = GuidedFilterConfig.model_validate(guided)
+        guide_size = guide_shape(out_shape, guided.scale)
         settings["guided_filter"] = guided.model_dump()
     _check_resume(out_path, members, **settings, restart=restart)
     writer = SubmissionWriter(
@@ -572,7 +569,7 @@ def predict_submission(
     try:
         for batch in loader:
             images = [_normalise(batch[f"image{k}"], dev) for k in range(len(sizes))]
-            guide = batch["guide"].to(dev).float() / 255.0 if guided is not None else None
+            guide = to_guide(batch["guide"].to(dev)) if guided is not None else None
             probs = ensemble_probs(
                 members,
                 images,

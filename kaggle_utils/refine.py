@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,13 +39,19 @@ def guide_shape(full_shape: tuple[int, int], scale: int) -> tuple[int, int]:
     return math.ceil(full_shape[0] / scale), math.ceil(full_shape[1] / scale)
 
 
-def to_guide(rgb: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB (N,3,H,W) or (N,H,W,3) -> float gray in [0, 1], (N,1,H,W)."""
-    if rgb.ndim != 4:
-        raise ValueError(f"guide images must be (N,3,H,W) or (N,H,W,3), got {tuple(rgb.shape)}")
-    if rgb.shape[1] != 3 and rgb.shape[-1] == 3:
-        rgb = rgb.permute(0, 3, 1, 2)
-    return rgb.float().mean(1, keepdim=True) / 255.0
+def gray_guide(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> the guide as it is stored and passed around: gray uint8 (H, W)."""
+    return rgb.mean(-1).round().astype(np.uint8)
+
+
+def to_guide(images: torch.Tensor) -> torch.Tensor:
+    """uint8 gray (N,1,H,W) (``gray_guide``'s) or RGB (N,3,H,W) / (N,H,W,3) -> float gray in
+    [0, 1], (N,1,H,W): what ``guided_upsample`` takes."""
+    if images.ndim != 4:
+        raise ValueError(f"guide images must be (N,C,H,W) or (N,H,W,3), got {tuple(images.shape)}")
+    if images.shape[1] not in (1, 3) and images.shape[-1] == 3:
+        images = images.permute(0, 3, 1, 2)
+    return images.float().mean(1, keepdim=True) / 255.0
 
 
 def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:

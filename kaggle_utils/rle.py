@@ -6,8 +6,8 @@ order of the generic Kaggle wording (checked against the real ``train_masks.csv`
 
 ``rle_encode`` is the hot step of a 100,064-image submission. Its core (``rle_kernel``, compiled
 by numba) reads the mask once and writes the text as it goes: ~12x the usual Kaggle idiom (pad,
-compare, ``np.where``, join; ``bench/bench_rle.py``) with an identical string. Where numba cannot load, a plain numpy
-path gives the same string more slowly.
+compare, ``np.where``, join; ``bench/bench_rle.py``) with an identical string. Where numba cannot
+load, a plain numpy path gives the same string more slowly.
 """
 
 from __future__ import annotations

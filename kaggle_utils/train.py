@@ -272,7 +272,7 @@ class _ValMasks:
         guide_scale: int | None = None,
     ):
         from kaggle_utils.dataset import resize_mask
-        from kaggle_utils.refine import guide_shape
+        from kaggle_utils.refine import gray_guide, guide_shape
 
         self.ids = ids
         self.shape: tuple[int, int] | None = None
@@ -291,7 +291,7 @@ class _ValMasks:
             guide = None
             if guide_scale:  # the photo at 1/scale of its own (= the mask's) size, gray
                 rgb = data.load_image(image_id, size=guide_shape(mask.shape[:2], guide_scale))
-                guide = rgb.mean(-1).round().astype(np.uint8)
+                guide = gray_guide(rgb)
             return shape, np.packbits(resize_mask(mask, shape)), guide
 
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
@@ -310,7 +310,9 @@ class _ValMasks:
 
     def guide(self, ids: list[str]) -> torch.Tensor:
         """Gray guides (N,1,h,w) in [0, 1] for ``refine.guided_upsample``."""
-        return torch.from_numpy(np.stack([self.guides[i] for i in ids])[:, None]).float() / 255.0
+        from kaggle_utils.refine import to_guide
+
+        return to_guide(torch.from_numpy(np.stack([self.guides[i] for i in ids])[:, None]))
 
     @property
     def label(self) -> str:
@@ -748,6 +750,15 @@ def train_stage(
         "val_tta": member.val_tta,
         "guided_filter": gf.model_dump() if gf else None,
     }
+    # every validation (each val_every epochs, then the best weights) scores as 06 will submit
+    eval_kw: dict[str, Any] = {
+        "amp_dtype": amp_dtype,
+        "channels_last": channels_last,
+        "threshold": member.threshold,
+        "largest_component": member.largest_component,
+        "tta": member.val_tta,
+        "guided": gf,
+    }
     train_images, train_seconds = 0, 0.0
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.perf_counter()
@@ -817,17 +828,7 @@ def train_stage(
         if (epoch + 1) % member.val_every == 0 or epoch + 1 == cfg.epochs:
             eval_model = ema.module if ema is not None else model
             val_loss, per_image, _ = evaluate(
-                eval_model,
-                val_loader,
-                val_loss_fn,
-                val_masks,
-                device,
-                amp_dtype=amp_dtype,
-                channels_last=channels_last,
-                threshold=member.threshold,
-                largest_component=member.largest_component,
-                tta=member.val_tta,
-                guided=member.guided_filter,
+                eval_model, val_loader, val_loss_fn, val_masks, device, **eval_kw
             )
             row["val_loss"], row["val_dice"] = val_loss, float(per_image["dice"].mean())
             if row["val_dice"] > best_dice:
@@ -879,18 +880,7 @@ def train_stage(
     best_model, _ = load_member_model(best_pt, device=device)
     best_model = best_model.to(memory_format=fmt)
     val_loss, per_image, probs = evaluate(
-        best_model,
-        val_loader,
-        val_loss_fn,
-        val_masks,
-        device,
-        amp_dtype=amp_dtype,
-        channels_last=channels_last,
-        threshold=member.threshold,
-        largest_component=member.largest_component,
-        tta=member.val_tta,
-        guided=member.guided_filter,
-        keep_probs=True,
+        best_model, val_loader, val_loss_fn, val_masks, device, keep_probs=True, **eval_kw
     )
     oof_dir = stage_dir / "oof"
     oof_dir.mkdir(exist_ok=True)

@@ -140,3 +140,16 @@ def test_exif_orientation_is_ignored_like_the_masks():
     assert decode_jpeg(data).shape == (80, 120, 3)
     small = decode_jpeg(data, (40, 60))
     assert small.shape == (40, 60, 3) and small[:, :25, 1].mean() > 200
+
+
+def test_several_sizes_from_one_decode_equal_single_decodes(real_sample):
+    """06 decodes each test JPEG once per libjpeg scale for all members and the guide: the
+    images are exactly what a decode per size gives, whatever the order and repeats."""
+    from kaggle_utils.imageio import decode_jpeg, decode_jpeg_sizes
+
+    data = next((real_sample / "test").glob("*.jpg")).read_bytes()
+    sizes = [(128, 192), (320, 480), None, (128, 192), (640, 960), (1024, 1024)]
+    for got, size in zip(decode_jpeg_sizes(data, sizes), sizes, strict=True):
+        np.testing.assert_array_equal(got, decode_jpeg(data, size))
+    with pytest.raises(ValueError, match="cannot decode JPEG broken.jpg"):
+        decode_jpeg_sizes(data[:200] + b"\0" * 50, [(128, 192)], name="broken.jpg")

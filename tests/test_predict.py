@@ -304,6 +304,8 @@ def test_submit_settings_prefer_05s_spec_then_the_ensemble_file():
     old = {"threshold": 0.45, "members": []}  # written before 05 recorded post-processing
     got = P.submit_settings(old, cfg)
     assert got["largest_component"] is True and got["guided"] == GuidedFilterConfig(radius=3)
+    from05 = P.submit_settings({**old, "guided_filter": {"radius": 4}}, cfg)["guided"]
+    assert GuidedFilterConfig.model_validate(from05).radius == 4  # predict_submission validates
     assert got["threshold"] == 0.45 and got["tta"] is True and got["mode"] == "mean"
     new = {**old, "largest_component": False, "guided_filter": None, "combine": "vote"}
     got = P.submit_settings(new, cfg)
