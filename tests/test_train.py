@@ -20,6 +20,7 @@ from kaggle_utils.checkpoint import load_checkpoint, load_member_model
 from kaggle_utils.config import ConfigError, load_member
 from kaggle_utils.train import (
     NonFiniteLossError,
+    build_optimizer,
     lr_factor,
     make_split,
     prepare_stage,
@@ -107,6 +108,28 @@ def test_lr_schedule_shapes(tiny_member):
     assert [lr_factor(s, 100, 0, step, 10) for s in (0, 19, 20, 40)] == [1.0, 1.0, 0.5, 0.25]
 
 
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_optimizer_is_fused_and_steps_like_the_per_parameter_loop(tiny_member, name):
+    member = load_member(tiny_member, {"optimizer.name": name, "optimizer.weight_decay": 0.01})
+    nets = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4))
+        opt = build_optimizer(net, member, lr=0.01)
+        assert opt.defaults["fused"] is True  # on the CPU: one kernel per step
+        for group in opt.param_groups:
+            group["fused"] = fused  # False: torch's reference per-parameter loop
+        for step in range(3):
+            torch.manual_seed(step)
+            net(torch.randn(2, 3, 8, 8)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        nets.append(net)
+    # the no-decay group (norms, biases) and the decayed weights both match the reference loop
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_stage_writes_every_artefact_and_is_skipped_when_finished(
     small_synthetic, tiny_member, tmp_path
@@ -125,6 +148,15 @@ def test_stage_writes_every_artefact_and_is_skipped_when_finished(
 
     png = cv2.imread(str(stage_dir / "oof" / f"{oof['id'][0]}.png"), cv2.IMREAD_UNCHANGED)
     assert png.shape == (64, 96) and png.dtype == "uint8"
+    # the OOF probabilities are best.pt's predictions (kept from the last epoch's validation when
+    # that epoch is the best, not re-run)
+    from kaggle_utils.ensemble import repredict
+    from kaggle_utils.layout import find_data
+
+    again = repredict(stage_dir / "best.pt", find_data(small_synthetic), list(oof["id"]), tta=False)
+    for image_id, prob in again.items():
+        stored = cv2.imread(str(stage_dir / "oof" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.abs(stored.astype(int) - prob).max() <= 1, image_id
     # Dice is computed at the data's full resolution (160x240 here, 1280x1918 on Carvana)
     assert metrics["dice_resolution"] == "160x240" and metrics["best_dice"] == pytest.approx(
         oof["dice"].mean()
