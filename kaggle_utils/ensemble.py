@@ -33,6 +33,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from kaggle_utils.postprocess import keep_largest_component
+
 BINS = 256
 DEFAULT_GRID = (0.0, 0.5, 1.0, 2.0)
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.30, 0.701, 0.02), 2))
@@ -546,6 +548,54 @@ def score(
     )
 
 
+def submitted_score(
+    oof: OOFSet,
+    weights: Sequence[float],
+    threshold: float = 0.5,
+    mode: str = "mean",
+    largest_component: bool = False,
+    guided_filter: Any = None,
+) -> pd.DataFrame:
+    """Per-image Dice (id, car, angle, dice) of the masks 06 writes for these validation images.
+
+    `score` searches weights and thresholds on bilinear upsampling; 06 may then upsample through
+    the guided filter and keep the largest component, which need each mask whole and the photo.
+    This builds each mask as 06 does (`predict.blend_probs`, `postprocess`), for one choice.
+    """
+    from kaggle_utils.config import GuidedFilterConfig
+    from kaggle_utils.predict import blend_probs, dice_masks
+    from kaggle_utils.refine import gray_guide, guide_shape, to_guide
+
+    gf = GuidedFilterConfig(**guided_filter) if isinstance(guided_filter, dict) else guided_filter
+    weights = [float(w) for w in weights]
+    dice = []
+    with single_thread(oof.device):
+        for image_id in oof.ids:
+            truth = np.ascontiguousarray(oof.data.load_mask(image_id))
+            probs = [
+                torch.from_numpy(p[image_id]).to(oof.device).float()[None, None] / (BINS - 1)
+                for p in oof.probs
+            ]
+            guide = None
+            if gf is not None:
+                size = guide_shape(truth.shape[:2], gf.scale)
+                rgb = oof.data.load_image(image_id, split="train", size=size)
+                guide = to_guide(torch.from_numpy(gray_guide(rgb))[None, None]).to(oof.device)
+            p = blend_probs(probs, weights, truth.shape[:2], mode, threshold, guide, gf)
+            mask = (p[0, 0] > (0.5 if mode == "vote" else threshold)).cpu().numpy()
+            if largest_component:
+                mask = keep_largest_component(mask)
+            dice.append(dice_masks(mask, truth))
+    return pd.DataFrame(
+        {
+            "id": oof.ids,
+            "car": [car_of(i) for i in oof.ids],
+            "angle": [angle_of(i) for i in oof.ids],
+            "dice": dice,
+        }
+    )
+
+
 def member_table(oof: OOFSet, threshold: float = 0.5, label: str = "") -> pd.DataFrame:
     """Each member alone, the equal-weight mean and the majority vote, Dice at `threshold`."""
     m = len(oof.members)
@@ -725,9 +775,22 @@ def keep_if_it_holds(
 # ensemble.yaml
 
 
-def choice_scores(choice: Choice, cv: pd.DataFrame, decision: str, n_images: int) -> dict:
-    """What 05 records beside the weights: OOF Dice, its held-out check, and why it was kept."""
+def choice_scores(
+    choice: Choice,
+    cv: pd.DataFrame,
+    decision: str,
+    n_images: int,
+    submitted: pd.DataFrame | None = None,
+) -> dict:
+    """What 05 records beside the weights: OOF Dice (as searched, and of the masks 06 writes:
+    `submitted_score`), its held-out check, and why it was kept."""
+    out = (
+        {"oof_dice_submitted": round(float(submitted["dice"].mean()), 6)}
+        if submitted is not None
+        else {}
+    )
     return {
+        **out,
         "oof_dice": round(choice.dice, 6),
         "cv_heldout_dice": round(float(cv["heldout_dice"].mean()), 6),
         "cv_heldout_equal_0.5": round(float(cv["heldout_equal@0.5"].mean()), 6),

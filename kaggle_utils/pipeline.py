@@ -218,7 +218,9 @@ def summarize(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = N
         lines.append(stages.to_string(index=False))
     if (run / "ensemble.yaml").is_file():
         spec = yaml.safe_load((run / "ensemble.yaml").read_text())
-        lines.append(f"ensemble OOF Dice: {spec.get('oof_dice')}")
+        submitted = (spec.get("scores") or {}).get("oof_dice_submitted")
+        extra = f" (as 06 submits it: {submitted})" if submitted is not None else ""
+        lines.append(f"ensemble OOF Dice: {spec.get('oof_dice')}{extra}")
     truth = Path(data_dir) / "test_masks.csv" if data_dir else None
     sub = run / "submission.csv.gz"
     if sub.is_file() and truth is not None and truth.is_file():

@@ -319,16 +319,35 @@ def ensemble_probs(
     guide: torch.Tensor | None = None,
     guided: GuidedFilterConfig | None = None,
 ) -> torch.Tensor:
-    """Weighted ensemble at full resolution (N,1,H,W): mean of probabilities or a weighted vote.
+    """Weighted ensemble at full resolution (N,1,H,W): mean of probabilities or a weighted vote
+    (`blend_probs` of each member's probabilities on its own input size)."""
+    probs = [
+        member_probs(m.model, images[k], tta, amp) for m, k in zip(members, size_index, strict=True)
+    ]
+    weights = [m.weight for m in members]
+    return blend_probs(probs, weights, out_shape, mode, threshold, guide=guide, guided=guided)
+
+
+def blend_probs(
+    probs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    out_shape: tuple[int, int],
+    mode: str = "mean",
+    threshold: float = 0.5,
+    guide: torch.Tensor | None = None,
+    guided: GuidedFilterConfig | None = None,
+) -> torch.Tensor:
+    """Members' probabilities (N,1,h_m,w_m) -> the weighted blend (N,1,H,W) at full resolution.
 
     guide, guided: upsample through ``refine.guided_upsample`` with this gray guide (N,1,h,w)
     first. Bilinear upsampling and the guided filter are both linear in the probabilities, so
     members sharing a size are summed before one upsample, and the mean is filtered once.
+    Shared by the submission (06) and the OOF score of what it submits (05).
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: choose from {', '.join(MODES)}")
     if (guide is None) != (guided is None):
-        raise ValueError("ensemble_probs needs both guide and guided, or neither")
+        raise ValueError("blend_probs needs both guide and guided, or neither")
 
     def upsample(p: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if tuple(p.shape[-2:]) == tuple(size):
@@ -340,17 +359,16 @@ def ensemble_probs(
             p = guided_upsample(p, guide, guided.radius, guided.eps)
         return upsample(p, out_shape)
 
-    total = float(sum(m.weight for m in members))
-    by_size: dict[int, torch.Tensor] = {}
-    for member, k in zip(members, size_index, strict=True):
-        p = member_probs(member.model, images[k], tta, amp)
+    total = float(sum(weights))
+    by_size: dict[tuple[int, ...], torch.Tensor] = {}
+    for p, weight in zip(probs, weights, strict=True):
+        key = tuple(p.shape[-2:])
         if mode == "vote":
-            p = (to_full(p) > threshold).float()
-            k = -1
-        p = p * (member.weight / total)
-        by_size[k] = p if k not in by_size else by_size[k] + p
+            p, key = (to_full(p) > threshold).float(), ()
+        p = p * (weight / total)
+        by_size[key] = p if key not in by_size else by_size[key] + p
     if mode == "vote":
-        return by_size[-1]
+        return by_size[()]
     if guided is not None:  # one guided filter on the weighted mean, at the guide's size
         size = tuple(guide.shape[-2:])
         return to_full(sum(upsample(p, size) for p in by_size.values()))

@@ -138,3 +138,49 @@ def test_keep_if_it_holds_prefers_what_cross_validates(oof):
     assert sorted(single.weights) == [0.0, 1.0] and "alone" in why and single.threshold == 0.5
     equal, why = E.keep_if_it_holds(oof, choice, cv.assign(heldout_dice=0.0))
     assert equal.weights == [0.5, 0.5] and "equal weights" in why
+
+
+def test_submitted_score_without_refinement_is_the_searched_score(oof):
+    """Built mask by mask as 06 does, it agrees with the histogram search it complements."""
+    got = E.submitted_score(oof, [0.3, 0.7], threshold=0.5)
+    want = E.score(oof, [0.3, 0.7], threshold=0.5)
+    assert list(got["id"]) == list(want["id"])
+    np.testing.assert_allclose(got["dice"], want["dice"], atol=2e-3)
+
+
+def test_submitted_score_keeps_the_largest_component(oof):
+    """A blob far from the car costs Dice; the clean-up 06 applies removes it and only it."""
+    image_id = oof.ids[0]
+    blobbed = [dict(p) for p in oof.probs]
+    for p in blobbed:
+        p[image_id] = p[image_id].copy()
+        p[image_id][:3, :3] = 255  # the frame's corner: the synthetic car never reaches it
+    with_blob = E.OOFSet(oof.members, [image_id], blobbed, oof.data)
+    alone = oof.subset([image_id])
+    plain = E.submitted_score(with_blob, [0.5, 0.5])["dice"][0]
+    cleaned = E.submitted_score(with_blob, [0.5, 0.5], largest_component=True)["dice"][0]
+    reference = E.submitted_score(alone, [0.5, 0.5], largest_component=True)["dice"][0]
+    assert plain < E.submitted_score(alone, [0.5, 0.5])["dice"][0] - 1e-3
+    assert cleaned == reference
+
+
+def test_submitted_score_upsamples_through_the_guided_filter(oof, data):
+    """The guide is the image's own photo at 1/scale: the filter snaps the blurred low-resolution
+    blend to the car's edges, so it scores clearly above bilinear upsampling."""
+    gf = {"scale": 2, "radius": 2, "eps": 1e-4}
+    plain = E.submitted_score(oof, [0.5, 0.5])
+    guided = E.submitted_score(oof, [0.5, 0.5], guided_filter=gf)
+    assert guided["dice"].mean() > plain["dice"].mean() + 1e-3
+    from kaggle_utils.config import GuidedFilterConfig
+    from kaggle_utils.predict import blend_probs
+    from kaggle_utils.refine import gray_guide, guide_shape, to_guide
+
+    image_id = oof.ids[1]  # the same mask, built from the pieces 06 uses
+    truth = data.load_mask(image_id)
+    rgb = data.load_image(image_id, size=guide_shape(truth.shape, 2))
+    probs = [torch.from_numpy(p[image_id]).float()[None, None] / 255 for p in oof.probs]
+    guide = to_guide(torch.from_numpy(gray_guide(rgb))[None, None])
+    p = blend_probs(probs, [0.5, 0.5], truth.shape, guide=guide, guided=GuidedFilterConfig(**gf))
+    mask = (p[0, 0] > 0.5).numpy()
+    want = 2 * (mask & (truth > 0)).sum() / (mask.sum() + (truth > 0).sum())
+    assert guided["dice"][1] == pytest.approx(want, abs=1e-12)
