@@ -8,8 +8,8 @@ Two regimes, each against the idiom and a plain read of the mask in the same reg
 - submission path: each mask is encoded right after it was written (the writer thresholds or
   decodes a mask, then encodes it), so it sits in the CPU cache; this is where the target applies
   (the issue's "a memory copy bounds it near ~10,000/s" is a cache-resident copy);
-- streaming: the 48 distinct masks (118 MB) are encoded in turn, none in cache, so main-memory
-  bandwidth bounds every encoder; on this shared VM that bound moves between ~4,500 and ~11,000/s.
+- streaming: the 48 distinct masks (112 MB) are encoded in turn, none in cache, so main-memory
+  bandwidth bounds every encoder; on this shared VM that bound moves between ~3,400 and ~11,000/s.
 
     python bench/bench_rle.py [--quick] [--masks N]
 """

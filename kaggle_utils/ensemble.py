@@ -563,8 +563,8 @@ def submitted_score(
     This builds each mask as 06 does (`predict.blend_probs`, `postprocess`), for one choice.
     """
     from kaggle_utils.config import GuidedFilterConfig
-    from kaggle_utils.predict import blend_probs, dice_masks
-    from kaggle_utils.refine import gray_guide, guide_shape, to_guide
+    from kaggle_utils.predict import binarize, blend_probs, dice_masks
+    from kaggle_utils.refine import load_guide, to_guide
 
     gf = GuidedFilterConfig(**guided_filter) if isinstance(guided_filter, dict) else guided_filter
     weights = [float(w) for w in weights]
@@ -578,11 +578,10 @@ def submitted_score(
             ]
             guide = None
             if gf is not None:
-                size = guide_shape(truth.shape[:2], gf.scale)
-                rgb = oof.data.load_image(image_id, split="train", size=size)
-                guide = to_guide(torch.from_numpy(gray_guide(rgb))[None, None]).to(oof.device)
+                gray = load_guide(oof.data, image_id, truth.shape[:2], gf.scale, split="train")
+                guide = to_guide(torch.from_numpy(gray)[None, None]).to(oof.device)
             p = blend_probs(probs, weights, truth.shape[:2], mode, threshold, guide, gf)
-            mask = (p[0, 0] > (0.5 if mode == "vote" else threshold)).cpu().numpy()
+            mask = binarize(p, mode, threshold)[0, 0].cpu().numpy()
             if largest_component:
                 mask = keep_largest_component(mask)
             dice.append(dice_masks(mask, truth))

@@ -375,6 +375,12 @@ def blend_probs(
     return sum(upsample(p, out_shape) for p in by_size.values())
 
 
+def binarize(probs: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
+    """The masks of ``blend_probs``'s output: the mean above the threshold, or a weighted vote
+    above one half (its members were thresholded already; a tie is no majority)."""
+    return probs > (0.5 if mode == "vote" else threshold)
+
+
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     """None/"auto": cuda when present, else cpu."""
     if device in (None, "", "auto"):
@@ -599,8 +605,7 @@ def predict_submission(
                 guide=guide,
                 guided=guided,
             )
-            cut = 0.5 if mode == "vote" else threshold
-            masks = (probs[:, 0] > cut).to(torch.uint8).cpu().numpy()
+            masks = binarize(probs[:, 0], mode, threshold).to(torch.uint8).cpu().numpy()
             encoder.put([todo[i] for i in batch["index"].tolist()], masks)
             n += len(masks)
             if bar is not None:

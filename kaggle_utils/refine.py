@@ -15,6 +15,7 @@ Everything is torch, so 06 runs it on the GPU next to the model.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +43,13 @@ def guide_shape(full_shape: tuple[int, int], scale: int) -> tuple[int, int]:
 def gray_guide(rgb: np.ndarray) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> the guide as it is stored and passed around: gray uint8 (H, W)."""
     return rgb.mean(-1).round().astype(np.uint8)
+
+
+def load_guide(
+    data: Any, image_id: str, full_shape: tuple[int, int], scale: int, **kw: Any
+) -> np.ndarray:
+    """The gray guide of one photo of a dataset (``layout``): its 1/scale reduced decode."""
+    return gray_guide(data.load_image(image_id, size=guide_shape(full_shape, scale), **kw))
 
 
 def to_guide(images: torch.Tensor) -> torch.Tensor:

@@ -272,7 +272,7 @@ class _ValMasks:
         guide_scale: int | None = None,
     ):
         from kaggle_utils.dataset import resize_mask
-        from kaggle_utils.refine import gray_guide, guide_shape
+        from kaggle_utils.refine import load_guide
 
         self.ids = ids
         self.shape: tuple[int, int] | None = None
@@ -290,8 +290,7 @@ class _ValMasks:
             shape = target_shape(mask.shape[:2])
             guide = None
             if guide_scale:  # the photo at 1/scale of its own (= the mask's) size, gray
-                rgb = data.load_image(image_id, size=guide_shape(mask.shape[:2], guide_scale))
-                guide = gray_guide(rgb)
+                guide = load_guide(data, image_id, mask.shape[:2], guide_scale)
             return shape, np.packbits(resize_mask(mask, shape)), guide
 
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
