@@ -135,10 +135,23 @@ def _looks_like_data(path: Path) -> bool:
     ) or any(_find_csv(path, s) is not None for s in ("train_masks", "sample_submission"))
 
 
-class CompetitionData:
-    """The competition files under one root; every read names the file it wanted when it fails."""
+MASK_SOURCES = ("auto", "csv", "gif")
 
-    def __init__(self, root: str | os.PathLike):
+
+class CompetitionData:
+    """The competition files under one root; every read names the file it wanted when it fails.
+
+    ``mask_source``: where training masks come from. "auto" takes the image's row of
+    ``train_masks.csv`` when there is one (decoding Kaggle's RLE costs ~1.4 ms a mask, a GIF
+    ~15 ms: the GIFs dominate loading small training sets), else the GIF; "gif" and "csv" use
+    only that source. Kaggle's CSV is the GIFs' run-length encoding (tests check it on the
+    real sample); choose "gif" if you edited the GIFs.
+    """
+
+    def __init__(self, root: str | os.PathLike, mask_source: str = "auto"):
+        if mask_source not in MASK_SOURCES:
+            raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
+        self.mask_source = mask_source
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data folder not found: {self.root}")
@@ -148,7 +161,15 @@ class CompetitionData:
         self.test = _find_store(self.root, "test")
         self.test_hq = _find_store(self.root, "test_hq")
         self._rle: dict[str, str] | None = None
+        self._rle_lock = threading.Lock()  # loaders decode masks from several threads
         self._shape: tuple[int, int] | None = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_rle_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._rle_lock = threading.Lock()
 
     def __repr__(self) -> str:
         have = [s for s in STORES if getattr(self, s) is not None]
@@ -202,31 +223,44 @@ class CompetitionData:
         return f"{_stem(image_id)}_mask.gif"
 
     def _rle_table(self) -> dict[str, str]:
-        if self._rle is None:
-            df = self.read_csv("train_masks")
-            missing = {"img", "rle_mask"} - set(df.columns)
-            if missing:
-                raise ValueError(f"{self.csv_path('train_masks')} lacks columns {sorted(missing)}")
-            self._rle = dict(zip(df["img"].astype(str), df["rle_mask"], strict=True))
+        with self._rle_lock:
+            if self._rle is None:
+                df = self.read_csv("train_masks")
+                missing = {"img", "rle_mask"} - set(df.columns)
+                if missing:
+                    path = self.csv_path("train_masks")
+                    raise ValueError(f"{path} lacks columns {sorted(missing)}")
+                self._rle = dict(zip(df["img"].astype(str), df["rle_mask"], strict=True))
         return self._rle
 
+    def _csv_rle(self, image_id: str) -> str | float | None:
+        """The image's train_masks.csv cell (NaN: an empty mask); None without the CSV or row."""
+        if self.mask_source == "gif" or not self.has_csv("train_masks"):
+            return None
+        return self._rle_table().get(_jpg(image_id))
+
     def has_mask(self, image_id: str) -> bool:
-        if self.train_masks is not None and self.mask_name(image_id) in self.train_masks:
+        store = self.train_masks if self.mask_source != "csv" else None
+        if store is not None and self.mask_name(image_id) in store:
             return True
-        return self.has_csv("train_masks") and _jpg(image_id) in self._rle_table()
+        return self._csv_rle(image_id) is not None
 
     def load_mask(self, image_id: str) -> np.ndarray:
-        """uint8 {0, 1} mask at the image's full size: from the GIF, else from train_masks.csv."""
+        """uint8 {0, 1} mask at the image's full size, from ``mask_source`` (see the class)."""
         name = self.mask_name(image_id)
-        store = self.train_masks
+        rle = self._csv_rle(image_id)
+        if rle is not None:
+            from kaggle_utils.rle import rle_decode
+
+            try:
+                return rle_decode(rle, self._mask_shape(image_id), image_id=_stem(image_id))
+            except ValueError as err:
+                raise ValueError(
+                    f"{self.csv_path('train_masks')}, row {_jpg(image_id)}: {err}"
+                ) from err
+        store = self.train_masks if self.mask_source != "csv" else None
         if store is not None and name in store:
             return decode_mask_gif(store.read_bytes(name), name=store.describe(name))
-        if self.has_csv("train_masks"):
-            rle = self._rle_table().get(_jpg(image_id))
-            if rle is not None:
-                from kaggle_utils.rle import rle_decode
-
-                return rle_decode(rle, self._mask_shape(image_id), image_id=_stem(image_id))
         where = (
             f"in {store.path}" if store is not None else f"(no train_masks store in {self.root})"
         )
@@ -273,10 +307,13 @@ def _kaggle_candidates() -> list[Path]:
     return found
 
 
-def find_data(data_dir: str | os.PathLike | None = None) -> CompetitionData:
+def find_data(
+    data_dir: str | os.PathLike | None = None, mask_source: str = "auto"
+) -> CompetitionData:
     """The competition files: ``data_dir``, else $KAGGLE_UTILS_DATA, else a Kaggle input mount.
 
     A given folder may also hold the data one level down (e.g. ``/kaggle/input``).
+    ``mask_source``: see :class:`CompetitionData`.
     """
     if data_dir is None and os.environ.get(ENV_VAR):
         data_dir = os.environ[ENV_VAR]
@@ -285,10 +322,10 @@ def find_data(data_dir: str | os.PathLike | None = None) -> CompetitionData:
         if not root.is_dir():
             raise FileNotFoundError(f"data folder not found: {root}")
         if _looks_like_data(root):
-            return CompetitionData(root)
+            return CompetitionData(root, mask_source)
         subs = sorted(p for p in root.iterdir() if p.is_dir() and _looks_like_data(p))
         if subs:
-            return CompetitionData(subs[0])
+            return CompetitionData(subs[0], mask_source)
         raise FileNotFoundError(
             f"{root} holds no Carvana files: expected train/ or train.zip, train_masks/ or "
             "train_masks.csv, test/ or test.zip, metadata.csv, sample_submission.csv"
@@ -296,7 +333,7 @@ def find_data(data_dir: str | os.PathLike | None = None) -> CompetitionData:
     for i, cand in enumerate(_kaggle_candidates()):
         check = _looks_like_data if i < 2 else _looks_like_carvana
         if cand.is_dir() and check(cand):
-            return CompetitionData(cand)
+            return CompetitionData(cand, mask_source)
     raise FileNotFoundError(
         "no Carvana data found: pass data_dir=..., set $KAGGLE_UTILS_DATA, attach the competition "
         f"'{COMPETITION}' to the Kaggle notebook (mounted under {environment.KAGGLE_INPUT}), "

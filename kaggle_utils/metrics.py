@@ -30,8 +30,19 @@ def dice_from_binary(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in size"
         )
-    inter = (p & t).sum(dim=1).double()  # int64 counts: exact for any image size
-    total = (p.sum(dim=1) + t.sum(dim=1)).double()
+    if p.device.type == "cpu" and t.device.type == "cpu":
+        # torch sums bools through int64 (~8 ms per 1280x1918 frame); NumPy counts them
+        # ~20x faster, and full-resolution validation scores every image this way
+        pn, tn = p.numpy(), t.numpy()
+        counts = [
+            (np.count_nonzero(pn[i] & tn[i]), np.count_nonzero(pn[i]) + np.count_nonzero(tn[i]))
+            for i in range(n)
+        ]
+        inter = torch.tensor([c[0] for c in counts], dtype=torch.float64)
+        total = torch.tensor([c[1] for c in counts], dtype=torch.float64)
+    else:
+        inter = (p & t).sum(dim=1).double()  # int64 counts: exact for any image size
+        total = (p.sum(dim=1) + t.sum(dim=1)).double()
     dice = torch.where(total > 0, 2.0 * inter / total.clamp_min(1.0), torch.ones_like(total))
     return dice.float()
 
@@ -80,10 +91,12 @@ def full_res_dice(
         if p.shape[-2:] != size:
             p = F.interpolate(p, size=size, mode="bilinear", align_corners=False)
         m = masks[start : start + chunk].to(p.device)
+        # {0,1} / bool masks: nonzero is car (cheaper than a float compare); soft ones: > 0.5
+        truth = m[:, None] > 0.5 if m.is_floating_point() else m[:, None].bool()
         pred = p > threshold
         if largest_component:
             from kaggle_utils.postprocess import keep_largest_components
 
             pred = keep_largest_components(pred)
-        out.append(dice_from_binary(pred, m[:, None] > 0.5))
+        out.append(dice_from_binary(pred, truth))
     return torch.cat(out) if out else torch.zeros(0)

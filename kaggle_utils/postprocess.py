@@ -19,12 +19,13 @@ __all__ = ["keep_largest_component", "keep_largest_components"]
 def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected foreground component of a (H, W) mask, as bool; an empty mask
     stays empty. Holes inside the car are kept as they are."""
-    m = np.ascontiguousarray(mask).astype(np.uint8, copy=False)
+    m = np.ascontiguousarray(mask)
+    m = m.view(np.uint8) if m.dtype == np.bool_ else m.astype(np.uint8, copy=False)  # no copy
     if m.ndim != 2:
         raise ValueError(f"keep_largest_component needs a (H, W) mask, got shape {m.shape}")
     n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
     if n <= 2:  # background only, or a single component
-        return m.astype(bool)
+        return m != 0
     biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     return labels == biggest
 

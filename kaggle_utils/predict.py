@@ -573,6 +573,10 @@ def predict_submission(
         pin_memory=dev.type == "cuda",
         prefetch_factor=2 if workers > 0 else None,
     )
+    if dev.type == "cpu":
+        from kaggle_utils.allocator import keep_freed_memory
+
+        keep_freed_memory()  # full-resolution batches: reuse freed memory, no page faults
     if cpu_threads is None and dev.type == "cpu":
         # decode workers and the encoder share the cores; an oversubscribed torch pool is far
         # slower than a smaller one (see ensemble.single_thread)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -63,9 +64,36 @@ def to_guide(images: torch.Tensor) -> torch.Tensor:
 
 
 def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over a (2r+1)^2 window, renormalised at the borders, (N,C,H,W) -> same shape."""
+    """Mean over a (2r+1)^2 window, renormalised at the borders, (N,C,H,W) -> same shape.
+
+    On the CPU OpenCV's running-sum box filter is ~10x faster than ``avg_pool2d`` (it dominated
+    full-resolution validation there); elsewhere (CUDA) torch's pooling."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.ndim == 4:
+        return _box_filter_cv2(x, radius)
+    return _box_filter_torch(x, radius)
+
+
+def _box_filter_torch(x: torch.Tensor, radius: int) -> torch.Tensor:
     k = 2 * radius + 1
     return F.avg_pool2d(x, k, stride=1, padding=radius, count_include_pad=False)
+
+
+def _box_filter_cv2(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Window sums with zero padding, divided by how many pixels each window holds."""
+    k = (2 * radius + 1,) * 2
+    planes = x.detach().contiguous().numpy().reshape(-1, *x.shape[-2:])
+    count = cv2.boxFilter(
+        np.ones(planes.shape[1:], np.float32),
+        -1,
+        k,
+        normalize=False,
+        borderType=cv2.BORDER_CONSTANT,
+    )
+    out = np.empty_like(planes)
+    for i, plane in enumerate(planes):
+        cv2.boxFilter(plane, -1, k, dst=out[i], normalize=False, borderType=cv2.BORDER_CONSTANT)
+    np.divide(out, count, out=out)
+    return torch.from_numpy(out).reshape(x.shape)
 
 
 def guided_filter(

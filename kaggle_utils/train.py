@@ -669,6 +669,10 @@ def train_stage(
 
     device = run.device
     cuda = device.type == "cuda"
+    if device.type == "cpu":
+        from kaggle_utils.allocator import keep_freed_memory
+
+        keep_freed_memory()  # no page faults through every activation each step
     amp_dtype = None
     if cuda and member.amp:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -71,7 +71,7 @@ def test_real_folder_layout(real_sample):
 
 def test_real_csv_rows_equal_gif_rle(real_sample):
     """train_masks.csv is Kaggle's row-major RLE of the GIFs: both directions, several images."""
-    data = find_data(real_sample)
+    data = find_data(real_sample, mask_source="gif")
     table = data.read_csv("train_masks").set_index("img")["rle_mask"]
     for image_id in SOME:
         gif = data.load_mask(image_id)
@@ -217,3 +217,50 @@ def test_csv_zip_with_mask_shape_from_images(tmp_path):
     data = CompetitionData(root)
     np.testing.assert_array_equal(data.load_mask("abc_01"), mask)
     np.testing.assert_array_equal(data.load_mask("abc_01.jpg"), mask)
+
+
+def test_mask_source_picks_csv_or_gif(real_sample, tmp_path):
+    """auto: the CSV row (fast to decode) where there is one, the GIF for images the CSV lacks."""
+    root = tmp_path / "data"
+    (root / "train_masks").mkdir(parents=True)
+    for image_id in SOME:
+        name = f"{image_id}_mask.gif"
+        (root / "train_masks" / name).write_bytes((real_sample / "train_masks" / name).read_bytes())
+    (root / "train").mkdir()
+    (root / "train" / f"{SOME[0]}.jpg").write_bytes(
+        (real_sample / "train" / f"{SOME[0]}.jpg").read_bytes()
+    )
+    gif = {i: find_data(real_sample, mask_source="gif").load_mask(i) for i in SOME}
+    other = np.zeros(MASK_SHAPE, np.uint8)
+    other[100:200, 300:400] = 1  # a CSV row that differs from the GIF shows which was read
+    pd.DataFrame({"img": [f"{SOME[0]}.jpg"], "rle_mask": [rle_encode(other)]}).to_csv(
+        root / "train_masks.csv", index=False
+    )
+    auto = find_data(root)
+    np.testing.assert_array_equal(auto.load_mask(SOME[0]), other)
+    np.testing.assert_array_equal(auto.load_mask(SOME[1]), gif[SOME[1]])  # no row: the GIF
+    np.testing.assert_array_equal(
+        find_data(root, mask_source="gif").load_mask(SOME[0]), gif[SOME[0]]
+    )
+    only_csv = find_data(root, mask_source="csv")
+    np.testing.assert_array_equal(only_csv.load_mask(SOME[0]), other)
+    assert not only_csv.has_mask(SOME[1])
+    with pytest.raises(FileNotFoundError, match=f"{SOME[1]}_mask.gif"):
+        only_csv.load_mask(SOME[1])
+    with pytest.raises(ValueError, match="mask_source"):
+        find_data(root, mask_source="png")
+    assert pickle.loads(pickle.dumps(auto)).load_mask(SOME[0]).sum() == other.sum()
+
+
+def test_bad_csv_row_names_the_file_and_row(real_sample, tmp_path):
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    (root / "train" / f"{SOME[0]}.jpg").write_bytes(
+        (real_sample / "train" / f"{SOME[0]}.jpg").read_bytes()
+    )
+    pd.DataFrame({"img": [f"{SOME[0]}.jpg"], "rle_mask": ["5 3 2"]}).to_csv(
+        root / "train_masks.csv", index=False
+    )
+    with pytest.raises(ValueError, match="train_masks.csv, row .*odd") as err:
+        find_data(root).load_mask(SOME[0])
+    assert f"{SOME[0]}.jpg" in str(err.value)

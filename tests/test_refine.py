@@ -68,3 +68,15 @@ def test_real_photos_sharpen_low_resolution_masks(real_sample):
         plain.append(float(full_res_dice(small, truth)[0]))
         guided.append(float(full_res_dice(guided_upsample(small, guide), truth)[0]))
     assert np.mean(guided) > np.mean(plain) + 5e-4, (plain, guided)
+
+
+@pytest.mark.parametrize(
+    "shape,radius", [((2, 1, 40, 60), 2), ((1, 3, 5, 7), 4), ((1, 1, 1, 9), 1)]
+)
+def test_cpu_box_filter_equals_border_renormalised_pooling(shape, radius):
+    """The CPU path (OpenCV window sums / window counts) is avg_pool2d without padded zeros."""
+    from kaggle_utils.refine import _box_filter_cv2, _box_filter_torch, box_filter
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(_box_filter_cv2(x, radius), _box_filter_torch(x, radius))
+    assert box_filter(x, radius).shape == x.shape
