@@ -25,15 +25,15 @@ MASK_SHAPE = (1280, 1918)
 __all__ = ["MASK_SHAPE", "rle_decode", "rle_encode", "rle_encode_many", "rle_runs", "rle_to_string"]
 
 try:  # the compiled one-pass encoder; it reads 64-bit words as little-endian bytes
-    from kaggle_utils.rle_kernel import encode_into as _encode_into
+    from kaggle_utils.rle_kernel import encode_bytes as _encode_bytes
 
     if sys.byteorder != "little":
-        _encode_into = None
+        _encode_bytes = None
 except ImportError as err:  # e.g. a numpy newer than the installed numba supports
     warnings.warn(
         f"numba unavailable ({err}); RLE encoding uses the slower numpy path", stacklevel=2
     )
-    _encode_into = None
+    _encode_bytes = None
 
 _U64 = np.uint64
 _SH8 = _U64(8)
@@ -113,21 +113,20 @@ def rle_encode(mask) -> str:
     torch tensors (moved to CPU). An empty mask gives ``""``. Identical to the Kaggle idiom, 11-18x
     faster (one compiled pass over the mask, see ``rle_kernel``; bench/bench_rle.py).
     """
-    a = _as_numpy(mask)
-    if a.dtype not in (np.bool_, np.uint8, np.int8):
+    a = mask if type(mask) is np.ndarray else _as_numpy(mask)  # the common case, checked fast
+    if a.dtype.char not in "?Bb":  # bool, uint8, int8 are read as bytes; others compared to 0
         a = a != 0
-    b = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    b = (a if a.flags.c_contiguous else np.ascontiguousarray(a)).reshape(-1).view(np.uint8)
     if b.size == 0:
         return ""
-    if _encode_into is None:
+    if _encode_bytes is None:
         return _encode_numpy(b)
-    words = b[: b.size // 8 * 8].view(np.uint64)
     size = 1 << 16
     while True:
         out = _text_buffer(size)
-        length = _encode_into(b, words, out)
+        length = _encode_bytes(b, out)
         if length >= 0:
-            return out[: max(length - 1, 0)].tobytes().decode("ascii")
+            return str(out[: max(length - 1, 0)], "ascii")  # one copy, straight from the buffer
         size = out.size * 4
 
 
