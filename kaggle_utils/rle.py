@@ -5,8 +5,9 @@ The competition's ``train_masks.csv`` and submissions number pixels along rows f
 order of the generic Kaggle wording (checked against the real ``train_masks.csv``).
 
 ``rle_encode`` is the hot step of a 100,064-image submission. Its core (``rle_kernel``, compiled
-by numba) reads the mask once and writes the text as it goes: ~12x the usual Kaggle idiom (pad,
-compare, ``np.where``, join; ``bench/bench_rle.py``) with an identical string. Where numba cannot
+by numba) reads the mask once and writes the text as it goes: 7,000-8,000 masks/s per core on a
+quiet host here, 21-22x the usual Kaggle idiom (pad, compare, ``np.where``, join;
+``bench/bench_rle.py``), with an identical string. Where numba cannot
 load, a plain numpy path gives the same string more slowly.
 """
 
@@ -110,7 +111,7 @@ def rle_encode(mask) -> str:
     """Encode a binary mask as Kaggle Carvana RLE: row-major, 1-indexed ``start length`` pairs.
 
     Accepts numpy arrays (bool, uint8/int8 {0,1} or {0,255}, or any dtype: nonzero = car) and
-    torch tensors (moved to CPU). An empty mask gives ``""``. Identical to the Kaggle idiom, 11-18x
+    torch tensors (moved to CPU). An empty mask gives ``""``. Identical to the Kaggle idiom, ~20x
     faster (one compiled pass over the mask, see ``rle_kernel``; bench/bench_rle.py).
     """
     a = mask if type(mask) is np.ndarray else _as_numpy(mask)  # the common case, checked fast
