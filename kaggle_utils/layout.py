@@ -235,12 +235,17 @@ class CompetitionData:
 
     def _csv_rle(self, image_id: str) -> str | float | None:
         """The image's train_masks.csv cell (NaN: an empty mask); None without the CSV or row."""
-        if self.mask_source == "gif" or not self.has_csv("train_masks"):
+        if self.mask_source == "gif" or (self._rle is None and not self.has_csv("train_masks")):
             return None
         return self._rle_table().get(_jpg(image_id))
 
+    @property
+    def _gif_store(self) -> FileStore | None:
+        """Where mask GIFs are read from (none when ``mask_source`` is "csv")."""
+        return None if self.mask_source == "csv" else self.train_masks
+
     def has_mask(self, image_id: str) -> bool:
-        store = self.train_masks if self.mask_source != "csv" else None
+        store = self._gif_store
         if store is not None and self.mask_name(image_id) in store:
             return True
         return self._csv_rle(image_id) is not None
@@ -258,7 +263,7 @@ class CompetitionData:
                 raise ValueError(
                     f"{self.csv_path('train_masks')}, row {_jpg(image_id)}: {err}"
                 ) from err
-        store = self.train_masks if self.mask_source != "csv" else None
+        store = self._gif_store
         if store is not None and name in store:
             return decode_mask_gif(store.read_bytes(name), name=store.describe(name))
         where = (

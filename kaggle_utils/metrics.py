@@ -33,13 +33,12 @@ def dice_from_binary(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if p.device.type == "cpu" and t.device.type == "cpu":
         # torch sums bools through int64 (~8 ms per 1280x1918 frame); NumPy counts them
         # ~20x faster, and full-resolution validation scores every image this way
-        pn, tn = p.numpy(), t.numpy()
-        counts = [
-            (np.count_nonzero(pn[i] & tn[i]), np.count_nonzero(pn[i]) + np.count_nonzero(tn[i]))
-            for i in range(n)
-        ]
-        inter = torch.tensor([c[0] for c in counts], dtype=torch.float64)
-        total = torch.tensor([c[1] for c in counts], dtype=torch.float64)
+        pairs = list(zip(p.numpy(), t.numpy(), strict=True))
+        f64 = torch.float64
+        inter = torch.tensor([np.count_nonzero(a & b) for a, b in pairs], dtype=f64)
+        total = torch.tensor(
+            [np.count_nonzero(a) + np.count_nonzero(b) for a, b in pairs], dtype=f64
+        )
     else:
         inter = (p & t).sum(dim=1).double()  # int64 counts: exact for any image size
         total = (p.sum(dim=1) + t.sum(dim=1)).double()

@@ -14,6 +14,7 @@ Everything is torch, so 06 runs it on the GPU next to the model.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -78,21 +79,26 @@ def _box_filter_torch(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.avg_pool2d(x, k, stride=1, padding=radius, count_include_pad=False)
 
 
+def _window_sums(plane: np.ndarray, radius: int, dst: np.ndarray | None = None) -> np.ndarray:
+    k = (2 * radius + 1,) * 2
+    return cv2.boxFilter(plane, -1, k, dst=dst, normalize=False, borderType=cv2.BORDER_CONSTANT)
+
+
+@functools.lru_cache(maxsize=8)
+def _window_counts(shape: tuple[int, int], radius: int) -> np.ndarray:
+    """How many pixels each clipped window holds (a guided filter asks six times per shape)."""
+    counts = _window_sums(np.ones(shape, np.float32), radius)
+    counts.flags.writeable = False
+    return counts
+
+
 def _box_filter_cv2(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Window sums with zero padding, divided by how many pixels each window holds."""
-    k = (2 * radius + 1,) * 2
     planes = x.detach().contiguous().numpy().reshape(-1, *x.shape[-2:])
-    count = cv2.boxFilter(
-        np.ones(planes.shape[1:], np.float32),
-        -1,
-        k,
-        normalize=False,
-        borderType=cv2.BORDER_CONSTANT,
-    )
     out = np.empty_like(planes)
     for i, plane in enumerate(planes):
-        cv2.boxFilter(plane, -1, k, dst=out[i], normalize=False, borderType=cv2.BORDER_CONSTANT)
-    np.divide(out, count, out=out)
+        _window_sums(plane, radius, dst=out[i])
+    np.divide(out, _window_counts(tuple(planes.shape[1:]), radius), out=out)
     return torch.from_numpy(out).reshape(x.shape)
 
 

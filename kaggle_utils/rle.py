@@ -26,15 +26,15 @@ MASK_SHAPE = (1280, 1918)
 __all__ = ["MASK_SHAPE", "rle_decode", "rle_encode", "rle_encode_many", "rle_runs", "rle_to_string"]
 
 try:  # the compiled one-pass encoder; it reads 64-bit words as little-endian bytes
-    from kaggle_utils.rle_kernel import encode_bytes as _encode_bytes
+    from kaggle_utils.rle_kernel import encode_into as _encode_into
 
     if sys.byteorder != "little":
-        _encode_bytes = None
+        _encode_into = None
 except ImportError as err:  # e.g. a numpy newer than the installed numba supports
     warnings.warn(
         f"numba unavailable ({err}); RLE encoding uses the slower numpy path", stacklevel=2
     )
-    _encode_bytes = None
+    _encode_into = None
 
 _U64 = np.uint64
 _SH8 = _U64(8)
@@ -120,12 +120,12 @@ def rle_encode(mask) -> str:
     b = (a if a.flags.c_contiguous else np.ascontiguousarray(a)).reshape(-1).view(np.uint8)
     if b.size == 0:
         return ""
-    if _encode_bytes is None:
+    if _encode_into is None:
         return _encode_numpy(b)
     size = 1 << 16
     while True:
         out = _text_buffer(size)
-        length = _encode_bytes(b, out)
+        length = _encode_into(b, out)
         if length >= 0:
             return str(out[: max(length - 1, 0)], "ascii")  # one copy, straight from the buffer
         size = out.size * 4

@@ -97,6 +97,13 @@ def _change(out: np.ndarray, pos: int, p: int, inside: bool, start: int) -> tupl
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _changed(x: np.uint64, prev: np.uint64) -> bool:
+    """Whether any byte of word ``x`` differs from the byte before it (``prev``: the previous
+    word's last byte, in the low byte)."""
+    return (x ^ ((x << np.uint64(8)) | prev)) != 0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _word_changes(
     out: np.ndarray, pos: int, x: np.uint64, i: int, inside: bool, start: int
 ) -> tuple[int, int, bool]:
@@ -116,15 +123,13 @@ def _word_changes(
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def encode_into(b: np.ndarray, words: np.ndarray, out: np.ndarray) -> int:
-    """Write the RLE text of uint8 pixels ``b`` into ``out``; return its length, or -1 if ``out``
-    is too small. The text ends with a space (the caller drops it).
-
-    ``words``: the first ``8 * len(words)`` bytes of ``b`` viewed as uint64.
-    """
+def encode_into(b: np.ndarray, out: np.ndarray) -> int:
+    """Write the RLE text of 1-D uint8 pixels ``b`` into ``out``; return its length, or -1 if
+    ``out`` is too small. The text ends with a space (the caller drops it)."""
     n = b.size
+    words = b[: n // 8 * 8].view(np.uint64)  # viewed here: one array fewer to check per call
     m = words.size
-    sh8, sh56, one = np.uint64(8), np.uint64(56), np.uint64(1)
+    sh56, one = np.uint64(56), np.uint64(1)
     blocks = CHUNK // 64
     bits = np.zeros(blocks, dtype=np.uint64)  # bit j of bits[g]: word 64 * g + j changed
     cap = out.size - 64  # room for one more ``start length `` pair, 20 digits each at most
@@ -146,16 +151,14 @@ def encode_into(b: np.ndarray, words: np.ndarray, out: np.ndarray) -> int:
                 acc = np.uint64(0)
                 for j in range(64):
                     k = 64 * g + j
-                    x = blk[k]
                     prev = blk[k - 1] >> sh56 if k > 0 else before
-                    acc |= np.uint64((x ^ ((x << sh8) | prev)) != 0) << np.uint64(j)
+                    acc |= np.uint64(_changed(blk[k], prev)) << np.uint64(j)
                 bits[g] = acc
         else:  # the last, partial chunk
             bits[:] = 0
             for k in range(size):
-                x = blk[k]
                 prev = blk[k - 1] >> sh56 if k > 0 else before
-                if (x ^ ((x << sh8) | prev)) != 0:
+                if _changed(blk[k], prev):
                     bits[k // 64] |= one << np.uint64(k % 64)
         # pass 2, while the chunk is still in L1: visit the changed words (count trailing zeros)
         for g in range(blocks):
@@ -175,10 +178,3 @@ def encode_into(b: np.ndarray, words: np.ndarray, out: np.ndarray) -> int:
     if inside:  # a run touching the last pixel
         pos = _put_int(out, pos, n - start)
     return pos
-
-
-@numba.njit(cache=True, nogil=True, boundscheck=False)
-def encode_bytes(b: np.ndarray, out: np.ndarray) -> int:
-    """``encode_into`` for a 1-D uint8 array alone: its 64-bit word view is made here, so a call
-    from Python passes two arrays (numba's per-call argument checks cost per array)."""
-    return encode_into(b, b[: b.size // 8 * 8].view(np.uint64), out)

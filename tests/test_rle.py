@@ -158,7 +158,7 @@ def test_numpy_fallback_matches_compiled_kernel(monkeypatch, real_sample):
     rng = np.random.default_rng(3)
     masks += [m for m in _random_masks(rng)]
     compiled = [rle_encode(m) for m in masks]
-    monkeypatch.setattr(rle, "_encode_bytes", None)
+    monkeypatch.setattr(rle, "_encode_into", None)
     assert [rle_encode(m) for m in masks] == compiled
 
 
