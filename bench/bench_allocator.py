@@ -34,14 +34,15 @@ def child(member_file: str, size: tuple[int, int], steps: int, keep: bool) -> di
     from kaggle_utils.config import load_member
     from kaggle_utils.losses import build_loss
     from kaggle_utils.models import build_model
-    from kaggle_utils.train import ModelEMA, build_optimizer, cpu_has_fast_bf16
+    from kaggle_utils.optim import ModelEMA, build_optimizer
+    from kaggle_utils.precision import cpu_has_fast_bf16
 
     member = load_member(member_file)
     torch.manual_seed(0)
     bf16 = cpu_has_fast_bf16()
     fmt = torch.channels_last if bf16 else torch.contiguous_format
-    model = build_model(dict(member.model)).to(memory_format=fmt).train()
-    loss_fn = build_loss(dict(member.loss))
+    model = build_model(member.model.spec()).to(memory_format=fmt).train()
+    loss_fn = build_loss(member.loss.spec())
     opt = build_optimizer(model, member, 1e-3)
     ema = ModelEMA(model, 0.99)
     x = torch.randn(member.batch_size, 3, *size).contiguous(memory_format=fmt)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_rle import SAMPLE, kaggle_idiom, real_masks, synthetic_car_masks  # noqa: E402
 
-from kaggle_utils.rle import MASK_SHAPE  # noqa: E402
+from kaggle_utils.constants import MASK_SHAPE  # noqa: E402
 from kaggle_utils.submission import SubmissionWriter, validate_submission  # noqa: E402
 
 N_TEST = 100_064

@@ -62,7 +62,7 @@ def demo_checkpoint(path: Path) -> Path:
         return path
     member = load_member(DEMO_MEMBER)
     torch.manual_seed(0)
-    spec = dict(member.model)
+    spec = member.model.spec()
     model = build_model(spec)
     last = len(member.stages) - 1
     size = member.stages[last].size
@@ -73,8 +73,9 @@ def demo_checkpoint(path: Path) -> Path:
 
 def child(data_dir: str, ckpt: str, out: str) -> None:
     """One submit run in this fresh process; prints a JSON line with its numbers."""
+    from kaggle_utils.inference import load_members
     from kaggle_utils.layout import find_data
-    from kaggle_utils.predict import load_members, predict_submission
+    from kaggle_utils.predict import predict_submission
 
     members = load_members([ckpt])
     data = find_data(data_dir)

@@ -2,7 +2,8 @@
 
 Measures images/s of what `predict.predict_submission` does per batch on the device: normalise uint8
 input, forward + hflip TTA, sigmoid, bilinear upsample to 1280x1918, threshold, copy the uint8 masks
-to the host. fp32 against bf16 autocast + channels_last, same run, ratio printed. JPEG decode and RLE
+to the host (`inference.ensemble_probs`). fp32 against 06's mixed precision (`precision_for`: bf16,
+or fp16 on a GPU without bf16) + channels_last, same run, ratio printed. JPEG decode and RLE
 run beside it on the CPU (DataLoader workers, encode pool) and are benchmarked by
 bench_submit_path.py. Without CUDA it says so and exits 0.
 
@@ -31,9 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_predict_throughput: no CUDA device here; nothing measured (run it on a GPU)")
         return 0
 
-    from kaggle_utils.layout import MASK_SHAPE
+    from kaggle_utils.constants import MASK_SHAPE
+    from kaggle_utils.inference import Member, ensemble_probs, normalise
     from kaggle_utils.models import build_model
-    from kaggle_utils.predict import Member, _normalise, ensemble_probs
+    from kaggle_utils.precision import precision_for
 
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
@@ -47,13 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         f"output {MASK_SHAPE[0]}x{MASK_SHAPE[1]} on {torch.cuda.get_device_name(0)}"
     )
 
+    mixed = precision_for(dev)  # what 06 uses here: bf16-mixed, or 16-mixed without bf16 (T4)
+
     def run(fast: bool) -> float:
         fmt = torch.channels_last if fast else torch.contiguous_format
+        precision = mixed if fast else "32-true"
         member = Member("bench", model.to(memory_format=fmt), size)
 
         def step() -> None:
-            x = _normalise(x_u8, dev).contiguous(memory_format=fmt)
-            probs = ensemble_probs([member], [x], [0], MASK_SHAPE, tta=True, amp=fast)
+            x = normalise(x_u8, dev).contiguous(memory_format=fmt)
+            probs = ensemble_probs([member], [x], [0], MASK_SHAPE, tta=True, precision=precision)
             (probs[:, 0] > 0.5).to(torch.uint8).cpu()
 
         for _ in range(3):
@@ -68,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     base = run(fast=False)
     fast = run(fast=True)
     print(f"fp32                       : {base:8.1f} images/s")
-    print(f"bf16 autocast+channels_last: {fast:8.1f} images/s  ({fast / base:.2f}x fp32)")
+    label = f"{mixed} + channels_last"
+    print(f"{label:<27}: {fast:8.1f} images/s  ({fast / base:.2f}x fp32)")
     print(
         f"100,064 test images at that rate: {100064 / fast / 60:.1f} min of GPU time "
         "(decode and encode overlap on the CPU)"

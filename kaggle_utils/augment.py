@@ -3,48 +3,114 @@
 Cars stand on a floor and are photographed from a fixed height, so the label-preserving changes
 are a left-right mirror, a little shift/scale (framing varies) and lighting. A vertical flip would
 teach the model upside-down cars, so it is not offered. Validation uses the identity transform.
+
+Each transform has a schema (`TRANSFORMS`) with its options, defaults and ranges; `AugmentConfig`
+checks a member's `augment:` mapping with them on load. albumentations itself is imported only
+when transforms are built, so checking a parameter file stays cheap.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
-import cv2
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-DEFAULTS: dict[str, dict[str, float]] = {
-    "hflip": {"p": 0.5},
-    "shift_scale": {"shift": 0.0625, "scale": 0.1, "rotate": 0.0, "p": 0.5},
-    "color": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "p": 0.5},
+from kaggle_utils.config import AugmentSpec
+
+if TYPE_CHECKING:
+    import albumentations as A
+
+
+class _Transform(BaseModel):
+    """One transform's options; `p` is the chance it is applied to an image (0 = off)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    p: float = Field(default=0.5, description="probability of applying it, in [0, 1]")
+
+    @field_validator("p")
+    @classmethod
+    def _probability(cls, p: float) -> float:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p={p} is not a probability in [0, 1]")
+        return p
+
+
+class HFlip(_Transform):
+    """Left-right mirror (albumentations HorizontalFlip)."""
+
+
+class ShiftScale(_Transform):
+    """Shift, zoom and rotate image and mask together (albumentations Affine)."""
+
+    shift: float = Field(default=0.0625, ge=0, le=1, description="max shift, x the side")
+    scale: float = Field(default=0.1, ge=0, lt=1, description="zoom in 1 +- scale")
+    rotate: float = Field(default=0.0, ge=0, le=180, description="max rotation, degrees")
+
+
+class Color(_Transform):
+    """Lighting and paint colour (albumentations ColorJitter); the mask is untouched."""
+
+    brightness: float = Field(default=0.2, ge=0)
+    contrast: float = Field(default=0.2, ge=0)
+    saturation: float = Field(default=0.2, ge=0)
+    hue: float = Field(default=0.02, ge=0, le=0.5, description="hue shift, x the colour circle")
+
+
+TRANSFORMS: dict[str, type[_Transform]] = {
+    "hflip": HFlip,
+    "shift_scale": ShiftScale,
+    "color": Color,
 }
-ALLOWED = tuple(sorted(DEFAULTS))
+DEFAULTS: dict[str, dict[str, float]] = {
+    name: schema().model_dump() for name, schema in TRANSFORMS.items()
+}
+ALLOWED = tuple(sorted(TRANSFORMS))
 
 
-def _params(key: str, value: Any) -> dict[str, float] | None:
-    """Resolve one spec entry: None/False -> off, True -> defaults, number -> p, dict -> merged."""
-    if value is None or value is False:
-        return None
-    params = dict(DEFAULTS[key])
-    if value is True:
-        return params
-    if isinstance(value, (int, float)):
-        params["p"] = float(value)
-    elif isinstance(value, dict):
-        unknown = sorted(set(value) - set(params))
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown} for augmentation {key!r}; allowed: {sorted(params)}"
-            )
-        params.update({k: float(v) for k, v in value.items()})
-    else:
-        raise ValueError(f"augmentation {key!r} must be a bool, a probability or a dict")
-    if not 0.0 <= params["p"] <= 1.0:
-        raise ValueError(f"augmentation {key!r}: p={params['p']} is not in [0, 1]")
-    return None if params["p"] == 0 else params
+class AugmentConfig(AugmentSpec):
+    """A member's `augment:` mapping: per transform a mapping of its options, true (defaults),
+    false/null (off) or a number (its p). A transform left out is on with its defaults."""
+
+    hflip: HFlip | None = Field(default_factory=HFlip)
+    shift_scale: ShiftScale | None = Field(default_factory=ShiftScale)
+    color: Color | None = Field(default_factory=Color)
+
+    @field_validator(*TRANSFORMS, mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if value is None or value is False:
+            return None
+        if value is True:
+            return {}
+        if isinstance(value, int | float):
+            return {"p": float(value)}
+        if isinstance(value, Mapping | BaseModel):
+            return value
+        raise ValueError("must be true/false, a probability in [0, 1] or a mapping of options")
+
+    @classmethod
+    def unknown_key_hint(cls, key: str) -> str:
+        """Said after the allowed keys when `key` is unknown: why there is no vertical flip."""
+        if "vflip" in key or "vertical" in key:
+            return " (vertical flips are not offered: cars never stand upside down)"
+        return ""
+
+    def resolved(self) -> dict[str, dict[str, float] | None]:
+        """Each transform's options with defaults filled in; None where it is off (or p = 0)."""
+        out: dict[str, dict[str, float] | None] = {}
+        for name in ALLOWED:
+            transform = getattr(self, name)
+            off = transform is None or transform.p == 0
+            out[name] = None if off else transform.model_dump()
+        return out
 
 
 def build_augmentations(
-    spec: dict | None = None, train: bool = True, soft_masks: bool = False
+    spec: Mapping[str, Any] | AugmentSpec | None = None,
+    train: bool = True,
+    soft_masks: bool = False,
 ) -> A.Compose:
     """An ``A.Compose`` from ``spec`` (keys hflip, shift_scale, color; absent = default on).
 
@@ -52,16 +118,10 @@ def build_augmentations(
     validated and the identity is returned. ``soft_masks``: masks hold coverage (0..255), so they
     are warped with linear interpolation instead of nearest.
     """
-    spec = dict(spec or {})
-    unknown = sorted(set(spec) - set(ALLOWED))
-    if unknown:
-        hint = (
-            " (vertical flips are not offered: cars never stand upside down)"
-            if any("vflip" in k or "vertical" in k for k in unknown)
-            else ""
-        )
-        raise ValueError(f"unknown augmentation key(s) {unknown}; allowed: {list(ALLOWED)}{hint}")
-    resolved = {key: _params(key, spec.get(key, True)) for key in ALLOWED}
+    resolved = AugmentConfig.from_spec(spec, "augment").resolved()
+    import albumentations as A
+    import cv2
+
     if not train:
         return A.Compose([])
 

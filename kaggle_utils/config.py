@@ -3,31 +3,59 @@
 Every mistake in a parameter file (a misspelt key, a wrong type, a size that is not a multiple of 32)
 fails on load -- before any data is read or any epoch is trained -- with the file, the key and the
 allowed values in the message.
+
+The nested mappings a member hands to a builder (`model`, `loss`, `augment`) are typed too, each from
+its builder's registry (`models.ARCHITECTURES`, `losses.LOSS_TERMS`, `augment.TRANSFORMS`), yet each
+keeps the mapping as written: `.spec()` is what `build_model` / `build_loss` /
+`build_augmentations` take, and what the stage hash covers, so validated files train and hash as
+before. Those registries import torch; they are imported on the first validation, not with this
+module.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 import os
 import re
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, to_jsonable_python
 
 __all__ = [
+    "AugmentSpec",
     "ConfigError",
     "EMAConfig",
     "EnsembleConfig",
+    "LossSpec",
     "MemberConfig",
+    "ModelConfig",
     "OptimizerConfig",
     "ScheduleConfig",
     "StageConfig",
+    "UserSpec",
     "apply_overrides",
+    "describe_errors",
+    "key_error",
     "load_ensemble",
     "load_member",
     "parse_size",
@@ -117,18 +145,227 @@ class GuidedFilterConfig(_Strict):
     eps: float = Field(default=1e-4, gt=0, description="edge strength to follow (gray in 0..1)")
 
 
+# ------------------------------------------------ typed mappings handed on to the builders
+
+
+def key_error(key: str | tuple, message: str, value: Any = None) -> ValidationError:
+    """A validation error at `key` (a name or a path inside the mapping being validated); raised
+    inside a validator its location gains the outer path, so the message names e.g. `model.merge`."""
+    loc = key if isinstance(key, tuple) else (key,)
+    error = PydanticCustomError("invalid_key", "{message}", {"message": message})
+    return ValidationError.from_exception_data(
+        "parameters", [{"type": error, "loc": loc, "input": value}]
+    )
+
+
+_S = TypeVar("_S", bound="UserSpec")
+
+
+class UserSpec(BaseModel):
+    """A mapping the user writes for a builder: typed and checked key by key, handed on as written.
+
+    `spec()` is the input mapping itself -- no defaults filled in, numbers as written -- because the
+    builders and the stage hash took exactly that before these schemas existed: a validated file
+    builds the same objects and keeps its finished stages. Dumps give the same mapping. Frozen, so
+    `spec()` never goes stale; change a file or pass overrides instead.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    _spec: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def schema_for(cls, data: Mapping[str, Any]) -> type[UserSpec]:
+        """The class that validates `data`: this one, or one it dispatches to (a model's arch)."""
+        return cls
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _validate_as_written(cls, data: Any, handler: Any) -> Any:
+        if isinstance(data, Mapping):
+            target = cls.schema_for(data)
+            if target is not cls:
+                return target.model_validate(data)
+        out = handler(data)
+        if isinstance(data, Mapping):
+            out._spec = copy.deepcopy(dict(data))
+        return out
+
+    @model_serializer(mode="plain")
+    def _dump_as_written(self) -> dict[str, Any]:
+        return self.spec()
+
+    def spec(self) -> dict[str, Any]:
+        """The mapping as the user wrote it: what the builder (build_model, build_loss,
+        build_augmentations) takes."""
+        return copy.deepcopy(self._spec)
+
+    @classmethod
+    def from_spec(cls: type[_S], spec: Mapping[str, Any] | UserSpec | None, where: str) -> _S:
+        """Validate a plain mapping as a builder receives it; ValueError naming key and fix."""
+        if isinstance(spec, cls):
+            return spec
+        if isinstance(spec, UserSpec):
+            spec = spec.spec()
+        if spec is not None and not isinstance(spec, Mapping):
+            raise ValueError(f"{where} must be a mapping of keys, got {spec!r}")
+        data = dict(spec or {})
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError(describe_errors(where, cls, exc, data)) from None
+
+
+class ModelConfig(UserSpec):
+    """`model:` -- the keys every arch takes; `schema_for` adds the arch's own keys, read from the
+    model registry (kaggle_utils.models), so a misspelt key fails on load naming that arch's keys.
+
+    smp archs with a `tu-` (timm) encoder also pass unknown keys on to timm, as build_model does.
+    """
+
+    arch: str = Field(description="a kaggle_utils.models.ARCHITECTURES name, e.g. refinenet_v4")
+    encoder: str | None = Field(default=None, description="None -> the arch's default encoder")
+    encoder_weights: str | Path | None = Field(
+        default=None, description="null (random), a weights name or a .safetensors/.pth path"
+    )
+    classes: int = Field(default=1, ge=1)
+    in_channels: int = Field(default=3, ge=1)
+
+    @classmethod
+    def schema_for(cls, data: Mapping[str, Any]) -> type[UserSpec]:
+        if cls is not ModelConfig:
+            return cls
+        from kaggle_utils.models import ARCHITECTURES, allowed_extras
+
+        given = data.get("arch")
+        if given is None:
+            raise key_error("arch", f"model needs an 'arch'; valid archs: {_arch_list()}")
+        name = str(given).lower()
+        if name not in ARCHITECTURES:
+            _arch_choice().model_validate({"arch": name})  # literal error: valid archs, close one
+        encoder = data.get("encoder") or ARCHITECTURES[name].default_encoder
+        open_extras = allowed_extras(ARCHITECTURES[name], str(encoder)) is None
+        return _arch_schema(name, open_extras)
+
+    def __reduce__(self) -> tuple:
+        # per-arch classes are built at run time (no module attribute): rebuild from the spec
+        return (ModelConfig.model_validate, (self.spec(),))
+
+
+class _OpenModelConfig(ModelConfig):
+    """An smp arch with a timm encoder: keys beyond smp's own reach timm, so none is refused."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class _RefineNetModelConfig(ModelConfig):
+    """A RefineNet variant: the keys that make the variant (merge, ...) are fixed by its name."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_keys(cls, data: Any) -> Any:
+        from kaggle_utils.models import FIXED_KEYS
+        from kaggle_utils.models.refinenet import VARIANTS
+
+        if not isinstance(data, Mapping):
+            return data
+        arch = str(data.get("arch", "")).lower()
+        fixed = VARIANTS.get(arch, (None, {}))[1]
+        for key in FIXED_KEYS:
+            if key in data:
+                raise key_error(
+                    key,
+                    f"'{key}' is fixed by arch {arch!r} ({key}: {fixed.get(key, 'default')}); "
+                    f"remove it, or choose the refinenet_v* arch with the {key} you want",
+                    data[key],
+                )
+        return data
+
+
+def _arch_list() -> str:
+    from kaggle_utils.models import ARCHITECTURES
+
+    return ", ".join(sorted(ARCHITECTURES))
+
+
+@functools.cache
+def _arch_choice() -> type[BaseModel]:
+    """`arch` as a choice of the registry's names: an unknown one lists them with the close one."""
+    from kaggle_utils.models import ARCHITECTURES
+
+    names = Literal[tuple(sorted(ARCHITECTURES))]  # type: ignore[valid-type]
+    return create_model("ModelArch", arch=(names, ...))
+
+
+def _field_type(annotation: Any) -> Any:
+    """The builder's annotation when pydantic can check it, else Any (the builder checks)."""
+    try:
+        TypeAdapter(annotation)
+    except Exception:  # noqa: BLE001 - any type pydantic has no schema for
+        return Any
+    return annotation
+
+
+@functools.cache
+def _arch_schema(arch: str, open_extras: bool) -> type[ModelConfig]:
+    """The `model:` schema of one arch: common keys plus the extra keys its builder names."""
+    from kaggle_utils.models import ARCHITECTURES, arch_keywords
+
+    family = ARCHITECTURES[arch].family
+    if family == "refinenet":
+        base: type[ModelConfig] = _RefineNetModelConfig
+    else:
+        base = _OpenModelConfig if open_extras else ModelConfig
+    fields: dict[str, Any] = {
+        key: (_field_type(annotation), Field(default=default))
+        for key, (annotation, default) in arch_keywords(arch).items()
+    }
+    suffix = "_open" if open_extras else ""
+    return create_model(f"ModelConfig_{arch}{suffix}", __base__=base, __module__=__name__, **fields)
+
+
+class LossSpec(UserSpec):
+    """`loss:` -- validated by kaggle_utils.losses.LossConfig (built from its LOSS_TERMS
+    registry), imported on first use so that this module loads without torch."""
+
+    @classmethod
+    def schema_for(cls, data: Mapping[str, Any]) -> type[UserSpec]:
+        if cls is not LossSpec:
+            return cls
+        from kaggle_utils.losses import LossConfig
+
+        return LossConfig
+
+
+class AugmentSpec(UserSpec):
+    """`augment:` -- validated by kaggle_utils.augment.AugmentConfig (one schema per transform),
+    imported on first use."""
+
+    @classmethod
+    def schema_for(cls, data: Mapping[str, Any]) -> type[UserSpec]:
+        if cls is not AugmentSpec:
+            return cls
+        from kaggle_utils.augment import AugmentConfig
+
+        return AugmentConfig
+
+
+DEFAULT_LOSS: dict[str, Any] = {"bce": 1.0, "dice": 1.0}  # a member without `loss:` (hashed so)
+
+
 class MemberConfig(_Strict):
     """One ensemble member: model, loss, optimisation and its resolution stages."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    model: dict[str, Any]
-    loss: dict[str, Any] = Field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})
+    model: ModelConfig
+    loss: LossSpec = Field(default_factory=lambda: LossSpec.model_validate(DEFAULT_LOSS))
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     batch_size: int = Field(default=8, ge=1)
     accumulate: int = Field(default=1, ge=1, description="gradient accumulation steps")
-    augment: dict[str, Any] | None = Field(default=None, description="augment.build_augmentations")
+    augment: AugmentSpec | None = Field(
+        default=None, description="augment.build_augmentations; None -> its defaults"
+    )
     n_folds: int = Field(default=5, ge=2)
     fold: int = Field(default=0, ge=0)
     seed: int = 42
@@ -140,6 +377,14 @@ class MemberConfig(_Strict):
     )
     channels_last: Literal["auto", True, False] = "auto"
     num_workers: int = Field(default=2, ge=0)
+    devices: int = Field(
+        default=1,
+        ge=1,
+        description="processes (GPUs) per machine; batch_size stays the global batch (engine.stage)",
+    )
+    num_nodes: int = Field(
+        default=1, ge=1, description="machines; batch_size stays the global batch"
+    )
     cache: bool = Field(default=False, description="keep decoded resized images in memory")
     soft_masks: bool = Field(
         default=True,
@@ -163,13 +408,6 @@ class MemberConfig(_Strict):
         default=None, description="score validation after edge-aware upsampling (refine)"
     )
     stages: list[StageConfig] = Field(min_length=1)
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if "arch" not in v:
-            raise ValueError("model needs an 'arch' (e.g. refinenet_v4, unet)")
-        return v
 
     @field_validator("val_full_res")
     @classmethod
@@ -199,8 +437,16 @@ class MemberConfig(_Strict):
 
     def params_hash(self, stage: int) -> str:
         """Hash of what determines stage `stage`'s result (not workers or paths): a finished
-        stage is only skipped when it is unchanged."""
-        spec = self.model_dump(mode="json", exclude={"num_workers", "description"})
+        stage is only skipped when it is unchanged.
+
+        `model`, `loss` and `augment` enter as the user wrote them (`spec()`), never with defaults
+        filled in: a schema gaining a default must not retrain the stages users have finished."""
+        # hardware is not a result: batch_size is the global batch on any number of devices
+        hardware = {"num_workers", "description", "devices", "num_nodes"}
+        spec = self.model_dump(mode="json", exclude=hardware)
+        for key in ("model", "loss", "augment"):
+            value = getattr(self, key)
+            spec[key] = None if value is None else to_jsonable_python(value.spec())
         if spec["guided_filter"] is None:  # added later: stages finished before stay valid
             del spec["guided_filter"]
         spec["stages"] = spec["stages"][: stage + 1]
@@ -272,48 +518,102 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return raw
 
 
-def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class that owns the key at `loc` (for 'allowed keys')."""
-    current: Any = model
+def _model_class(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic class inside an annotation (X, X | None, list[X]), if any."""
+    found = None
+    for cand in (annotation, *typing.get_args(annotation)):
+        for inner in (cand, *typing.get_args(cand)):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                found = inner
+    return found
+
+
+def _dispatch(owner: type[BaseModel], data: Any) -> type[BaseModel]:
+    """The class that validated `data` where `owner` dispatches on it (a model's arch)."""
+    if isinstance(data, Mapping) and issubclass(owner, UserSpec):
+        try:
+            return owner.schema_for(data)
+        except ValidationError:  # e.g. an unknown arch: reported as its own error
+            return owner
+    return owner
+
+
+def _model_at(model: type[BaseModel], loc: tuple, raw: Any = None) -> type[BaseModel] | None:
+    """The pydantic class that owns the key at `loc` (for 'allowed keys'); `raw`, the validated
+    input, picks the class a dispatching field chose (each arch has its own keys)."""
+    current: type[BaseModel] | None = _dispatch(model, raw)
+    data = raw
     for part in loc[:-1]:
-        if isinstance(part, int) or current is None:
+        if isinstance(part, int):
+            data = data[part] if isinstance(data, list) and -len(data) <= part < len(data) else None
             continue
+        if current is None:
+            return None
         field = current.model_fields.get(part)
         if field is None:
             return None
-        ann = field.annotation
-        nxt = None
-        for cand in (ann, *getattr(ann, "__args__", ())):
-            for inner in (cand, *getattr(cand, "__args__", ())):
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    nxt = inner
-        current = nxt
+        data = data.get(part) if isinstance(data, Mapping) else None
+        current = _model_class(field.annotation)
+        if current is not None:
+            current = _dispatch(current, data)
     return current
 
 
-def _describe_errors(path: Path | str, model: type[BaseModel], exc: ValidationError) -> str:
+def _allowed_keys(owner: type[BaseModel] | None) -> list[str]:
+    return sorted(k for k in owner.model_fields if k != "source") if owner else []
+
+
+def _did_you_mean(given: Any, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(given), choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _unknown_key(key: str, owner: type[BaseModel] | None, name: str) -> str:
+    allowed = _allowed_keys(owner)
+    hint = getattr(owner, "unknown_key_hint", None)
+    extra = hint(name) if callable(hint) else ""
+    return (
+        f"unknown key '{key}'{_did_you_mean(name, allowed)}; allowed keys: "
+        f"{', '.join(allowed)}{extra}"
+    )
+
+
+def _not_allowed(key: str, err: dict[str, Any]) -> str:
+    expected = str(err.get("ctx", {}).get("expected", ""))
+    choices = re.findall(r"'([^']*)'", expected)
+    return (
+        f"key '{key}': {err['input']!r} is not allowed{_did_you_mean(err['input'], choices)}; "
+        f"allowed values: {expected}"
+    )
+
+
+def describe_errors(
+    path: Path | str, model: type[BaseModel], exc: ValidationError, raw: Any = None
+) -> str:
+    """One line per error: the key path, what is wrong and the fix (allowed keys or values, the
+    close match of a misspelling). `raw`: the validated input, so keys of a dispatching mapping
+    (each model arch has its own) are listed from the class that checked them."""
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc) or "<top level>"
         if err["type"] == "extra_forbidden":
-            owner = _model_at(model, loc)
-            allowed = sorted(owner.model_fields) if owner else []
-            allowed = [a for a in allowed if a != "source"]
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            lines.append(f"unknown key '{key}'{hint}; allowed keys: {', '.join(allowed)}")
+            lines.append(_unknown_key(key, _model_at(model, loc, raw), str(loc[-1])))
         elif err["type"] == "literal_error":
-            expected = err.get("ctx", {}).get("expected", "")
-            lines.append(
-                f"key '{key}': {err['input']!r} is not allowed; allowed values: {expected}"
-            )
+            lines.append(_not_allowed(key, err))
         elif err["type"] == "missing":
             lines.append(f"key '{key}' is required")
+        elif err["type"] == "invalid_key":
+            got = "" if err.get("input") is None else f" (got {err['input']!r})"
+            lines.append(f"key '{key}': {err['msg']}{got}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"key '{key}': {msg} (got {err.get('input')!r})")
+            where = f"key '{key}': " if loc else ""
+            lines.append(f"{where}{msg} (got {err.get('input')!r})")
     return f"{path}: invalid parameters:\n  " + "\n  ".join(lines)
+
+
+_describe_errors = describe_errors  # the name this module used before
 
 
 def _coerce_override(value: Any) -> Any:
@@ -369,7 +669,7 @@ def load_member(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         return MemberConfig.model_validate(raw)
     except ValidationError as exc:
         where = f"{path} (with overrides {overrides})" if overrides else path
-        raise ConfigError(_describe_errors(where, MemberConfig, exc)) from None
+        raise ConfigError(describe_errors(where, MemberConfig, exc, raw)) from None
 
 
 def load_ensemble(path: str | os.PathLike, validate_members: bool = True) -> EnsembleConfig:
@@ -380,7 +680,7 @@ def load_ensemble(path: str | os.PathLike, validate_members: bool = True) -> Ens
     try:
         ens = EnsembleConfig.model_validate({**raw, "source": path})
     except ValidationError as exc:
-        raise ConfigError(_describe_errors(path, EnsembleConfig, exc)) from None
+        raise ConfigError(describe_errors(path, EnsembleConfig, exc, raw)) from None
     if validate_members:
         for rel, member_path in zip(ens.members, ens.member_paths(), strict=True):
             if not member_path.is_file():

@@ -1,12 +1,17 @@
-"""Torch Dataset over the competition files: image (and mask) at the training size, normalised.
+"""Torch Datasets over the competition files: image (and mask) at the training size, normalised.
 
 Images are decoded straight to the target size (reduced JPEG decoding), which is what makes
 high-resolution training affordable on a few CPU workers. Augmentations run at the target size.
+
+For training: `CachedDataset` (decoded once, in memory), `SeededDataset` (reproducible
+augmentation), `ValidationMasks` (masks at the metric's resolution) and `build_datasets`.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -14,10 +19,24 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from kaggle_utils.constants import IMAGENET_MEAN, IMAGENET_STD, MASK_SHAPE
 from kaggle_utils.layout import CompetitionData
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+if TYPE_CHECKING:
+    from kaggle_utils.config import MemberConfig
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CachedDataset",
+    "CarvanaDataset",
+    "SeededDataset",
+    "ValidationMasks",
+    "build_datasets",
+    "mask_tensor",
+    "normalize_image",
+    "resize_mask",
+]
 
 _SCALE = (1.0 / (255.0 * np.asarray(IMAGENET_STD, dtype=np.float32))).astype(np.float32)
 _OFFSET = (np.asarray(IMAGENET_MEAN, dtype=np.float32) / np.asarray(IMAGENET_STD)).astype(
@@ -119,3 +138,148 @@ class CarvanaDataset(Dataset):
         if mask is not None:
             item["mask"] = mask_tensor(mask, self.soft_masks)
         return item
+
+
+# ---------------------------------------------------------------- training and validation sets
+
+
+class CachedDataset(Dataset):
+    """Decoded, resized images and masks held in memory (uint8): decoding 1918x1280 JPEGs dominates
+    small-resolution training, so small datasets decode once per stage (`cache: true`)."""
+
+    def __init__(
+        self,
+        data: Any,
+        index: pd.DataFrame,
+        size: tuple[int, int],
+        transform=None,
+        soft_masks: bool = False,
+    ):
+        self.ids = [str(i) for i in index["id"]]
+        self.transform = transform
+        self.soft_masks = soft_masks
+        h, w = size
+
+        def load(image_id: str) -> tuple[np.ndarray, np.ndarray]:
+            mask = resize_mask(data.load_mask(image_id), size, soft=soft_masks)
+            return data.load_image(image_id, size=size), mask
+
+        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+            pairs = list(pool.map(load, self.ids))
+        self.images = np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, h, w, 3), np.uint8)
+        self.masks = np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, h, w), np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask = self.images[i], self.masks[i]
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {
+            "image": normalize_image(image),
+            "mask": mask_tensor(mask, self.soft_masks),
+            "id": self.ids[i],
+        }
+
+
+class SeededDataset(Dataset):
+    """Re-seeds the augmentation per (seed, epoch, sample): the same run gives the same batches,
+    whatever the number of workers and whether it resumed."""
+
+    def __init__(self, base: Dataset, transform: Any, seed: int):
+        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(
+                (self.seed * 1_000_003 + self.epoch * 10_007 + i) % 2**31
+            )
+            if hasattr(self.base, "_seeded_pid"):  # CarvanaDataset: do not re-seed per worker
+                self.base._seeded_pid = os.getpid()
+        return self.base[i]
+
+
+def build_datasets(
+    data: Any,
+    member: MemberConfig,
+    train_index: pd.DataFrame,
+    val_index: pd.DataFrame,
+    size: tuple[int, int],
+) -> tuple[SeededDataset, Dataset]:
+    """(train, val) datasets of one stage: in memory when the member says `cache`, else decoded per
+    item; only the training set is augmented, re-seeded per (seed, epoch, sample)."""
+    from kaggle_utils.augment import build_augmentations
+
+    soft = member.soft_masks
+    augment = member.augment.spec() if member.augment is not None else None
+    train_tf = build_augmentations(augment, train=True, soft_masks=soft)
+    dataset_class: Any = CachedDataset if member.cache else CarvanaDataset
+    train_ds = dataset_class(data, train_index, size, transform=train_tf, soft_masks=soft)
+    val_ds = dataset_class(data, val_index, size, transform=None, soft_masks=soft)
+    return SeededDataset(train_ds, train_tf, member.seed), val_ds
+
+
+class ValidationMasks:
+    """Validation masks at the metric's resolution, decoded once and kept bit-packed.
+
+    val_full_res True: the masks' own size (1280x1918 on Carvana: Kaggle's metric); an int: that
+    height at most (aspect kept; a cheaper CPU proxy); False: the training size.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        ids: list[str],
+        val_full_res: bool | int,
+        size: tuple[int, int],
+        guide_scale: int | None = None,
+    ):
+        from kaggle_utils.refine import load_guide
+
+        self.ids = ids
+        self.shape: tuple[int, int] | None = None
+        if val_full_res is False:
+            self.shape = (int(size[0]), int(size[1]))
+
+        def target_shape(native: tuple[int, int]) -> tuple[int, int]:
+            if val_full_res is True or val_full_res is False:
+                return self.shape or native
+            h = min(int(val_full_res), native[0])
+            return h, round(native[1] * h / native[0])
+
+        def load(image_id: str) -> tuple[tuple[int, int], np.ndarray, np.ndarray | None]:
+            mask = data.load_mask(image_id)
+            shape = target_shape(mask.shape[:2])
+            guide = None
+            if guide_scale:  # the photo at 1/scale of its own (= the mask's) size, gray
+                guide = load_guide(data, image_id, mask.shape[:2], guide_scale)
+            return shape, np.packbits(resize_mask(mask, shape)), guide
+
+        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+            loaded = list(pool.map(load, ids))
+        shapes = {s for s, _, _ in loaded}
+        if len(shapes) > 1:
+            raise ValueError(f"validation masks differ in size: {sorted(shapes)}")
+        self.shape = shapes.pop() if shapes else (self.shape or MASK_SHAPE)
+        self.packed = dict(zip(ids, (p for _, p, _ in loaded), strict=True))
+        self.guides = {i: g for i, (_, _, g) in zip(ids, loaded, strict=True) if g is not None}
+
+    def get(self, ids: list[str]) -> torch.Tensor:
+        n = self.shape[0] * self.shape[1]
+        arr = np.stack([np.unpackbits(self.packed[i], count=n).reshape(self.shape) for i in ids])
+        return torch.from_numpy(arr)
+
+    def guide(self, ids: list[str]) -> torch.Tensor:
+        """Gray guides (N,1,h,w) in [0, 1] for ``refine.guided_upsample``."""
+        from kaggle_utils.refine import to_guide
+
+        return to_guide(torch.from_numpy(np.stack([self.guides[i] for i in ids])[:, None]))
+
+    @property
+    def label(self) -> str:
+        return f"{self.shape[0]}x{self.shape[1]}"

@@ -5,15 +5,22 @@ Cars are dealt round-robin to folds after sorting them by stratum (make, or mask
 seeded shuffle, which balances every stratum across folds to within one car and the fold sizes to
 within one car overall. Each car carries one label, so this matches what a stratified group k-fold
 optimises, without another dependency.
+
+`make_split` gives one member its (train, val) rows: 02_split's folds.csv when it exists, else
+`split_by_car`, then the member's image caps (whole cars first).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from kaggle_utils.config import MemberConfig
 
 STRATIFY = ("make", "coverage", None)
 FOLD_COLUMNS = ["id", "car", "fold"]
@@ -167,3 +174,75 @@ def fold_summary(folds: pd.DataFrame, index: pd.DataFrame | None = None) -> pd.D
     if "coverage" in df.columns:
         table["coverage_mean"] = g["coverage"].mean()
     return table
+
+
+# ---------------------------------------------------------------- one member's train/val split
+
+
+def split_by_car(
+    index: pd.DataFrame, n_folds: int, fold: int, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, val) rows: fold `fold` of `n_folds` folds grouped by car (02_split's rule when it
+    has not run: no car ever sits on both sides)."""
+    stratify = "make" if "make" in index.columns and index["make"].notna().all() else None
+    folds = folds_by_car(index, n_folds=n_folds, stratify=stratify, seed=seed)
+    fold_of = dict(zip(folds["id"], folds["fold"], strict=True))
+    is_val = index["id"].map(fold_of) == fold
+    return index[~is_val].reset_index(drop=True), index[is_val].reset_index(drop=True)
+
+
+def make_split(
+    index: pd.DataFrame,
+    member: MemberConfig,
+    fold: int,
+    run_dir: str | os.PathLike | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(train, val, source): `<run_dir>/folds.csv` from 02_split when present, else `split_by_car`.
+
+    On Kaggle 02 runs in its own kernel: its folds.csv is found under the upstream kernel's output.
+
+    The member's `max_train_images` / `max_val_images` caps keep whole cars where possible
+    (a seeded choice of cars, then images) so validation stays car-disjoint.
+    """
+    from kaggle_utils.environment import find_input
+
+    folds_csv = find_input(Path(run_dir) / "folds.csv") if run_dir else None
+    if folds_csv is not None and folds_csv.exists():
+        folds = load_folds(folds_csv)
+        missing = set(index["id"]) - set(folds["id"])
+        if missing:
+            raise ValueError(
+                f"{folds_csv}: {len(missing)} training images have no fold (e.g. "
+                f"{sorted(missing)[:3]}); re-run 02_split for this data"
+            )
+        if fold not in set(folds["fold"]):
+            raise ValueError(
+                f"{folds_csv}: no fold {fold}; it has folds {sorted(set(folds['fold']))}"
+            )
+        fold_of = dict(zip(folds["id"], folds["fold"], strict=True))
+        is_val = index["id"].map(fold_of) == fold
+        train, val = index[~is_val].reset_index(drop=True), index[is_val].reset_index(drop=True)
+        source = str(folds_csv)
+    else:
+        train, val = split_by_car(index, member.n_folds, fold, seed=member.seed)
+        source = f"split_by_car(n_folds={member.n_folds}, fold={fold}, seed={member.seed})"
+    train = _cap(train, member.max_train_images, member.seed)
+    val = _cap(val, member.max_val_images, member.seed + 1)
+    return train, val, source
+
+
+def _cap(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """At most `n` rows, taken car by car in a seeded order, so a capped split stays car-disjoint."""
+    if n is None or len(df) <= n:
+        return df
+    rng = np.random.default_rng(seed)
+    cars = list(rng.permutation(sorted(df["car"].unique())))
+    keep: list[pd.DataFrame] = []
+    total = 0
+    for car in cars:
+        rows = df[df["car"] == car]
+        keep.append(rows.iloc[: n - total])
+        total += len(keep[-1])
+        if total >= n:
+            break
+    return pd.concat(keep).sort_values("id").reset_index(drop=True)

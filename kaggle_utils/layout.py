@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 
 from kaggle_utils import environment
+from kaggle_utils.constants import COMPETITION, MASK_SHAPE
 from kaggle_utils.imageio import decode_jpeg, decode_mask_gif, jpeg_size
 
-MASK_SHAPE = (1280, 1918)  # (H, W) of every Carvana image and mask
-COMPETITION = "carvana-image-masking-challenge"
 STORES = ("train", "train_hq", "train_masks", "test", "test_hq")
 CSVS = ("train_masks", "metadata", "sample_submission")
 ENV_VAR = "KAGGLE_UTILS_DATA"

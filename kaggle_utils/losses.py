@@ -2,38 +2,29 @@
 
 Carvana's score is decided at the car's outline, so BCE weights pixels near the mask boundary more
 (weights from average pooling of the target; top solutions used a kernel growing with the image).
-`build_loss({bce: 1.0, dice: 1.0, ...})` builds the combination a member names in its parameters.
+`build_loss({bce: 1.0, dice: 1.0, ...})` builds the combination a member names in its parameters;
+`LOSS_TERMS` and `LOSS_OPTIONS` are the registry of what such a mapping may hold, and `LossConfig`,
+the schema built from them, checks a member's `loss:` on load.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator, Field, create_model, model_validator
 from torch import nn
+
+from kaggle_utils.config import LossSpec
 
 # (height, kernel) anchors from the Carvana top solutions; linear in between, proportional outside
 _KERNEL_ANCHORS = ((128, 11), (256, 21), (512, 21), (1024, 41), (1280, 51))
 BOUNDARY_LOW, BOUNDARY_HIGH = 0.01, 0.99
-
-LOSS_TERMS = ("bce", "dice", "jaccard", "lovasz", "focal")
-LOSS_OPTIONS = ("boundary_weight", "kernel", "aux_weight", "weighted_dice", "focal_gamma")
-DEFAULT_SPEC: dict[str, Any] = {
-    "bce": 1.0,
-    "dice": 1.0,
-    "jaccard": 0.0,
-    "lovasz": 0.0,
-    "focal": 0.0,
-    "boundary_weight": 2.0,
-    "kernel": None,
-    "aux_weight": 0.4,
-    "weighted_dice": False,
-    "focal_gamma": 2.0,
-}
 
 
 def _odd(value: float) -> int:
@@ -129,35 +120,19 @@ class ComboLoss(nn.Module):
     scaled by `aux_weight`, added to the main loss. Computed in float32 (safe under autocast).
     """
 
-    def __init__(self, spec: Mapping[str, Any] | None = None):
+    def __init__(self, spec: Mapping[str, Any] | LossSpec | None = None):
         super().__init__()
-        spec = dict(spec or {})
-        if any(name in spec for name in LOSS_TERMS):  # named terms only; the rest are off
-            spec = {**{name: 0.0 for name in LOSS_TERMS}, **spec}
-        spec = {**DEFAULT_SPEC, **spec}
-        self.spec = spec
-        self.weights = {name: float(spec[name] or 0.0) for name in LOSS_TERMS}
-        self.boundary_weight = float(spec["boundary_weight"] or 0.0)
-        self.kernel = spec["kernel"]
-        self.aux_weight = float(spec["aux_weight"] or 0.0)
-        self.weighted_dice = bool(spec["weighted_dice"])
-        self.terms = nn.ModuleDict()
-        if self.weights["bce"]:
-            self.terms["bce"] = WeightedBCE(self.boundary_weight, self.kernel)
-        if self.weights["dice"]:
-            self.terms["dice"] = (
-                WeightedSoftDice()
-                if self.weighted_dice
-                else smp.losses.DiceLoss("binary", from_logits=True)
-            )
-        if self.weights["jaccard"]:
-            self.terms["jaccard"] = smp.losses.JaccardLoss("binary", from_logits=True)
-        if self.weights["lovasz"]:
-            self.terms["lovasz"] = smp.losses.LovaszLoss("binary", per_image=False)
-        if self.weights["focal"]:
-            self.terms["focal"] = smp.losses.FocalLoss("binary", gamma=float(spec["focal_gamma"]))
-        if not self.terms:
-            raise ValueError(f"loss spec gives every term weight 0: {dict(spec)}")
+        config = LossConfig.from_spec(spec, "loss spec")
+        options = config.options()
+        self.weights = config.weights()
+        self.spec = {**self.weights, **options}
+        self.boundary_weight = options["boundary_weight"]
+        self.kernel = options["kernel"]
+        self.aux_weight = options["aux_weight"]
+        self.weighted_dice = options["weighted_dice"]
+        self.terms = nn.ModuleDict(
+            {name: LOSS_TERMS[name].build(options) for name, w in self.weights.items() if w}
+        )
 
     def single(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The combination for one output (N,1,H,W) against target (N,1,H,W)."""
@@ -201,26 +176,144 @@ class ComboLoss(nn.Module):
         return loss
 
 
-def build_loss(spec: Mapping[str, Any] | None = None) -> ComboLoss:
+def build_loss(spec: Mapping[str, Any] | LossSpec | None = None) -> ComboLoss:
     """Loss from a member's `loss:` mapping, e.g. {bce: 1.0, dice: 1.0, boundary_weight: 2.0}.
 
-    Terms: bce (boundary-weighted), dice, jaccard, lovasz, focal (weights; 0 = off). Options:
-    boundary_weight (extra weight at the outline, 0 = plain BCE), kernel (null = by height),
-    aux_weight (deep-supervision outputs), weighted_dice (Dice also boundary-weighted), focal_gamma.
-    A spec naming no term at all means {bce: 1, dice: 1}; otherwise unnamed terms are off.
+    Terms (LOSS_TERMS): bce (boundary-weighted), dice, jaccard, lovasz, focal (weights; 0 = off).
+    Options (LOSS_OPTIONS): boundary_weight (extra weight at the outline, 0 = plain BCE), kernel
+    (null = by height), aux_weight (deep-supervision outputs), weighted_dice (Dice also
+    boundary-weighted), focal_gamma. A spec naming no term at all means {bce: 1, dice: 1};
+    otherwise unnamed terms are off. A bad key or value: ValueError naming it and the fix.
     """
-    spec = dict(spec or {})
-    allowed = LOSS_TERMS + LOSS_OPTIONS
-    for key in spec:
-        if key not in allowed:
-            raise ValueError(f"unknown loss key {key!r}; allowed keys: {list(allowed)}")
-    for key in LOSS_TERMS + ("boundary_weight", "aux_weight"):
-        value = spec.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or value < 0):
-            raise ValueError(f"loss key {key!r} must be a number >= 0, got {value!r}")
-    kernel = spec.get("kernel")
-    if kernel is not None and (not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0):
-        raise ValueError(
-            f"loss key 'kernel' must be null or a positive odd integer, got {kernel!r}"
-        )
     return ComboLoss(spec)
+
+
+# ----------------------------------------------------------------------- registry and schema
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A registry entry: one weighted term of the combination and how it is built."""
+
+    name: str
+    build: Callable[[Mapping[str, Any]], nn.Module]  # (resolved options) -> module
+    default_weight: float  # its weight when a spec names no term at all
+    about: str
+
+
+@dataclass(frozen=True)
+class LossOption:
+    """A registry entry: a setting shared by the terms, its type (with range) and default."""
+
+    name: str
+    annotation: Any
+    default: Any
+    about: str
+
+
+def _odd_kernel(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError(f"must be null or a positive odd integer (e.g. {value + 1})")
+    return value
+
+
+_Weight = Annotated[float, Field(ge=0, strict=True)] | None  # None = 0; strict: no strings
+
+LOSS_TERMS: dict[str, LossTerm] = {
+    term.name: term
+    for term in (
+        LossTerm("bce", lambda o: WeightedBCE(o["boundary_weight"], o["kernel"]), 1.0, "BCE"),
+        LossTerm(
+            "dice",
+            lambda o: (
+                WeightedSoftDice()
+                if o["weighted_dice"]
+                else smp.losses.DiceLoss("binary", from_logits=True)
+            ),
+            1.0,
+            "soft Dice (boundary-weighted with weighted_dice)",
+        ),
+        LossTerm(
+            "jaccard",
+            lambda o: smp.losses.JaccardLoss("binary", from_logits=True),
+            0.0,
+            "soft IoU",
+        ),
+        LossTerm(
+            "lovasz",
+            lambda o: smp.losses.LovaszLoss("binary", per_image=False),
+            0.0,
+            "Lovasz hinge over the batch",
+        ),
+        LossTerm(
+            "focal",
+            lambda o: smp.losses.FocalLoss("binary", gamma=o["focal_gamma"]),
+            0.0,
+            "focal loss (focal_gamma)",
+        ),
+    )
+}
+LOSS_OPTIONS: dict[str, LossOption] = {
+    option.name: option
+    for option in (
+        LossOption("boundary_weight", _Weight, 2.0, "extra weight at the outline; 0 = plain"),
+        LossOption(
+            "kernel",
+            Annotated[int, Field(ge=1, strict=True), AfterValidator(_odd_kernel)] | None,
+            None,
+            "boundary window side (odd); null = by image height",
+        ),
+        LossOption("aux_weight", _Weight, 0.4, "weight of the deep-supervision outputs"),
+        LossOption("weighted_dice", bool, False, "boundary-weight the Dice term too"),
+        LossOption("focal_gamma", Annotated[float, Field(ge=0)], 2.0, "focal exponent"),
+    )
+}
+DEFAULT_SPEC: dict[str, Any] = {
+    **{name: term.default_weight for name, term in LOSS_TERMS.items()},
+    **{name: option.default for name, option in LOSS_OPTIONS.items()},
+}
+
+
+class _LossBase(LossSpec):
+    """The behaviour of a `loss:` mapping; its keys are added from the registry (LossConfig)."""
+
+    def weights(self) -> dict[str, float]:
+        """Each term's weight as applied: naming no term means the registry's defaults (bce +
+        dice); naming any turns the unnamed ones off."""
+        if not self.model_fields_set & LOSS_TERMS.keys():
+            return {name: term.default_weight for name, term in LOSS_TERMS.items()}
+        return {name: float(getattr(self, name) or 0.0) for name in LOSS_TERMS}
+
+    def options(self) -> dict[str, Any]:
+        """The options with defaults filled in, null weights as 0."""
+        return {
+            "boundary_weight": float(self.boundary_weight or 0.0),
+            "kernel": self.kernel,
+            "aux_weight": float(self.aux_weight or 0.0),
+            "weighted_dice": bool(self.weighted_dice),
+            "focal_gamma": float(self.focal_gamma),
+        }
+
+    @model_validator(mode="after")
+    def _some_term_on(self) -> _LossBase:
+        if not any(self.weights().values()):
+            raise ValueError(
+                f"every loss term has weight 0: give one of {', '.join(LOSS_TERMS)} a weight > 0"
+            )
+        return self
+
+
+LossConfig = create_model(
+    "LossConfig",
+    __base__=_LossBase,
+    __module__=__name__,
+    __doc__="A member's `loss:` mapping, checked against LOSS_TERMS and LOSS_OPTIONS.",
+    **{
+        name: (_Weight, Field(default=None, description=f"weight of: {term.about}"))
+        for name, term in LOSS_TERMS.items()
+    },
+    **{
+        name: (option.annotation, Field(default=option.default, description=option.about))
+        for name, option in LOSS_OPTIONS.items()
+    },
+)

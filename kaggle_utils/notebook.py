@@ -8,10 +8,18 @@ cell's source and the error; the executed notebook is kept at its target path fo
 from __future__ import annotations
 
 import os
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NotebookExecutionError", "REPO_NOTEBOOKS", "execute_notebook", "notebook_path"]
+__all__ = [
+    "NotebookExecutionError",
+    "REPO_NOTEBOOKS",
+    "execute_notebook",
+    "ipc_engine_kwargs",
+    "notebook_path",
+]
 
 REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -53,6 +61,47 @@ def notebook_path(name: str) -> Path:
     raise FileNotFoundError(f"notebook {name} not found (looked in {REPO_NOTEBOOKS} and the cwd)")
 
 
+# a Unix socket path holds at most 104 bytes on macOS (108 on Linux), with "-<n>" appended per channel
+_MAX_SOCKET_PATH = 100
+
+
+def _ipc_kernel_manager() -> type | None:
+    """A kernel manager whose kernel talks over Unix sockets instead of localhost TCP, or None
+    where that is unavailable (Windows, or a temp folder too deep for a socket path).
+
+    Over TCP every kernel's ipykernel logs "Kernel is running over TCP without encryption...",
+    which a demo printed more than 30 times; over IPC there is nothing to encrypt and it says
+    nothing. The sockets get a unique absolute path in the temp folder: the default ("kernel-ipc"
+    in the cwd) would litter the notebook folder and collide between kernels started side by side.
+    Both the connection file and the sockets are removed when the kernel shuts down.
+    """
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    base = os.path.join(tempfile.gettempdir(), f"kaggle-utils-kernel-{uuid.uuid4().hex[:12]}")
+    if not zmq.has("ipc") or len(base) + 3 > _MAX_SOCKET_PATH:
+        return None
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_ipc(self) -> str:
+            return "ipc"
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            return base if self.transport == "ipc" else super()._ip_default()
+
+    return IPCKernelManager
+
+
+def ipc_engine_kwargs() -> dict[str, Any]:
+    """Extra keyword arguments for `papermill.execute_notebook` that run the kernel over IPC (see
+    `_ipc_kernel_manager`); empty where IPC is unavailable, so the kernel keeps TCP."""
+    manager = _ipc_kernel_manager()
+    return {} if manager is None else {"kernel_manager_class": manager}
+
+
 def execute_notebook(
     notebook: str | os.PathLike,
     output: str | os.PathLike,
@@ -85,6 +134,7 @@ def execute_notebook(
             progress_bar=progress_bar,
             cwd=str(cwd) if cwd else None,
             execution_timeout=execution_timeout,
+            **ipc_engine_kwargs(),  # passed on to nbclient's NotebookClient (a trait)
         )
     except PapermillExecutionError as exc:
         raise NotebookExecutionError(

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from kaggle_utils.constants import MASK_SHAPE
+
 __all__ = [
     "error_overlay",
     "learning_curve",
@@ -101,12 +103,12 @@ def worst_images(
     """The `n` validation images with the lowest Dice, errors coloured (red FP, blue FN).
 
     `probs` are uint8 probabilities at the training size; `masks.get([id])` gives the truth at the
-    metric's resolution (see train._ValMasks).
+    metric's resolution (see dataset.ValidationMasks).
     """
     worst = per_image.sort_values("dice").head(n)
     cols = min(3, max(1, len(worst)))
     rows = max(1, int(np.ceil(len(worst) / cols)))
-    width = round(height * 1918 / 1280)
+    width = round(height * MASK_SHAPE[1] / MASK_SHAPE[0])
     fig = Figure(figsize=(4.6 * cols, 3.3 * rows))
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:

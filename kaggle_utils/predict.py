@@ -1,144 +1,44 @@
 """Streamed test-set prediction: members at their own resolution, hflip TTA, a resumable submission.
 
 The submit path never holds more than a few batches of masks: a DataLoader's workers read and decode
-the test JPEGs (folder or zip, in place), the model(s) run on the device, probabilities are averaged
-and upsampled to the full frame on the device, thresholded, and the uint8 masks go to
-`submission.SubmissionWriter` from a background thread (RLE encode overlaps the next batch's
-inference; the writer's own threads compress), whose chunk files make an interrupted run
-resumable. The finished file is validated before it is declared done.
+the test JPEGs (folder or zip, in place), the model(s) run on the device through
+`inference.ensemble_probs` (the forward pass validation scores, under the same precision policy),
+probabilities are averaged and upsampled to the full frame on the device, thresholded, and the
+uint8 masks go to `submission.SubmissionWriter` from a background thread (RLE encode overlaps the
+next batch's inference; the writer's own threads compress), whose chunk files make an interrupted
+run resumable. The finished file is validated before it is declared done.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from kaggle_utils.config import GuidedFilterConfig
-from kaggle_utils.refine import gray_guide, guide_shape, guided_upsample, to_guide
-
-COMPETITION = "carvana-image-masking-challenge"
-MODES = ("mean", "vote")
-
+from kaggle_utils.constants import MASK_SHAPE
+from kaggle_utils.inference import (
+    Member,
+    binarize,
+    dice_masks,
+    ensemble_probs,
+    normalise,
+    pick_device,
+)
+from kaggle_utils.precision import precision_for
+from kaggle_utils.refine import gray_guide, guide_shape, to_guide
 
 # --------------------------------------------------------------------------------------------------
-# members
-
-
-@dataclass
-class Member:
-    """One trained model ready to predict: its network, input size (H, W) and ensemble weight."""
-
-    name: str
-    model: torch.nn.Module
-    size: tuple[int, int]
-    weight: float = 1.0
-    checkpoint: str = ""
-    info: dict = field(default_factory=dict)
-
-
-def load_members(
-    checkpoints: Sequence[str | os.PathLike],
-    weights: Sequence[float] | None = None,
-    device: str | torch.device = "cpu",
-    names: Sequence[str] | None = None,
-) -> list[Member]:
-    """Load member checkpoints for inference; a missing file fails naming its path."""
-    from kaggle_utils.checkpoint import load_member_model
-
-    if not checkpoints:
-        raise ValueError("no member checkpoints given: an ensemble needs at least one member")
-    if weights is not None and len(weights) != len(checkpoints):
-        raise ValueError(f"{len(weights)} weights for {len(checkpoints)} member checkpoints")
-    members = []
-    for i, path in enumerate(checkpoints):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"member checkpoint not found: {path}")
-        model, info = load_member_model(path, device=device)
-        model.eval()
-        size = tuple(int(s) for s in info["size"])
-        name = names[i] if names else str(info.get("member") or path.parent.parent.name)
-        w = float(weights[i]) if weights is not None else 1.0
-        members.append(Member(name, model, size, w, str(path), dict(info)))  # type: ignore[arg-type]
-    if sum(m.weight for m in members) <= 0:
-        raise ValueError(
-            f"member weights must have a positive sum, got {[m.weight for m in members]}"
-        )
-    return members
-
-
-def members_from_ensemble(
-    ensemble: dict,
-    run_dir: str | os.PathLike | Sequence[str | os.PathLike],
-    device: str | torch.device = "cpu",
-) -> list[Member]:
-    """Members named by an `ensemble.yaml` (05's output); checkpoint paths relative to run_dir.
-
-    run_dir may be several folders (the run folder and its upstream copies on Kaggle): a relative
-    checkpoint is taken from the first that holds it. Members weighted 0 by the OOF search are
-    skipped (they cannot change the average).
-    """
-    roots = (
-        [Path(run_dir)] if isinstance(run_dir, (str, os.PathLike)) else [Path(r) for r in run_dir]
-    )
-    specs = ensemble.get("members") or []
-    if not specs:
-        raise ValueError("ensemble.yaml lists no members")
-    dropped = [s.get("name", s["checkpoint"]) for s in specs if float(s.get("weight", 1.0)) <= 0]
-    if dropped:
-        print(f"members with weight 0 are not run: {', '.join(map(str, dropped))}", flush=True)
-    specs = [s for s in specs if float(s.get("weight", 1.0)) > 0]
-    if not specs:
-        raise ValueError("every member of the ensemble has weight 0")
-    paths = []
-    for spec in specs:
-        p = Path(spec["checkpoint"])
-        if not p.is_absolute():
-            p = next((r / p for r in roots if (r / p).is_file()), roots[0] / p)
-        paths.append(p)
-    return load_members(
-        paths,
-        weights=[float(s.get("weight", 1.0)) for s in specs],
-        device=device,
-        names=[str(s.get("name", Path(s["checkpoint"]).parent.parent.name)) for s in specs],
-    )
-
-
-def submit_ensemble(run_dir: str | os.PathLike) -> tuple[dict, Path]:
-    """05's ensemble.yaml from the run folder (or an upstream kernel's copy) and the folder its
-    checkpoint paths are relative to; without one, equal weights over each member's best stage."""
-    from kaggle_utils.ensemble import default_spec, read_ensemble
-    from kaggle_utils.environment import run_dir_candidates
-
-    candidates = run_dir_candidates(run_dir)
-    for folder in candidates:
-        if (folder / "ensemble.yaml").is_file():
-            print(f"ensemble: {folder / 'ensemble.yaml'}", flush=True)
-            return read_ensemble(folder / "ensemble.yaml"), folder
-    folders = [c for c in candidates if c.is_dir()]
-    if not folders:
-        raise FileNotFoundError(
-            f"run folder not found: {', '.join(map(str, candidates))} (train members first)"
-        )
-    print(
-        f"no ensemble.yaml in {', '.join(map(str, folders))} (05_ensemble not run): "
-        "equal weights over each member's best stage, threshold 0.5",
-        flush=True,
-    )
-    return default_spec(folders[0]), folders[0]
+# settings and images
 
 
 def submit_settings(spec: dict, cfg: Any = None) -> dict[str, Any]:
@@ -158,10 +58,6 @@ def submit_settings(spec: dict, cfg: Any = None) -> dict[str, Any]:
         "largest_component": bool(pick("largest_component", False)),
         "guided": pick("guided_filter", None),  # a dict from 05, a GuidedFilterConfig from cfg
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# images
 
 
 class TestImages(Dataset):
@@ -267,125 +163,7 @@ def select_ids(
 
 
 # --------------------------------------------------------------------------------------------------
-# inference
-
-
-def _normalise(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    from kaggle_utils.dataset import IMAGENET_MEAN, IMAGENET_STD
-
-    mean = torch.as_tensor(np.asarray(IMAGENET_MEAN, np.float32) * 255.0, device=device)
-    std = torch.as_tensor(np.asarray(IMAGENET_STD, np.float32) * 255.0, device=device)
-    x = x.to(device, non_blocking=True).float()
-    x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    if isinstance(out, (tuple, list)):  # deep supervision in train mode: main output first
-        out = out[0]
-    return out.float()
-
-
-@torch.inference_mode()
-def member_probs(
-    model: torch.nn.Module, x: torch.Tensor, tta: bool = True, amp: bool | None = None
-) -> torch.Tensor:
-    """Sigmoid probabilities (N,1,h,w) at the input size, averaged with the hflipped pass when tta.
-
-    amp: bf16 autocast (None: on CUDA only).
-    """
-    use_amp = x.device.type == "cuda" if amp is None else amp
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        if tta:
-            both = _logits(model, torch.cat([x, x.flip(-1)]))
-            n = x.shape[0]
-            return (torch.sigmoid(both[:n]) + torch.sigmoid(both[n:]).flip(-1)) * 0.5
-        return torch.sigmoid(_logits(model, x))
-
-
-@torch.inference_mode()
-def ensemble_probs(
-    members: Sequence[Member],
-    images: Sequence[torch.Tensor],
-    size_index: Sequence[int],
-    out_shape: tuple[int, int],
-    tta: bool = True,
-    mode: str = "mean",
-    threshold: float = 0.5,
-    amp: bool | None = None,
-    guide: torch.Tensor | None = None,
-    guided: GuidedFilterConfig | None = None,
-) -> torch.Tensor:
-    """Weighted ensemble at full resolution (N,1,H,W): mean of probabilities or a weighted vote
-    (`blend_probs` of each member's probabilities on its own input size)."""
-    probs = [
-        member_probs(m.model, images[k], tta, amp) for m, k in zip(members, size_index, strict=True)
-    ]
-    weights = [m.weight for m in members]
-    return blend_probs(probs, weights, out_shape, mode, threshold, guide=guide, guided=guided)
-
-
-def blend_probs(
-    probs: Sequence[torch.Tensor],
-    weights: Sequence[float],
-    out_shape: tuple[int, int],
-    mode: str = "mean",
-    threshold: float = 0.5,
-    guide: torch.Tensor | None = None,
-    guided: GuidedFilterConfig | None = None,
-) -> torch.Tensor:
-    """Members' probabilities (N,1,h_m,w_m) -> the weighted blend (N,1,H,W) at full resolution.
-
-    guide, guided: upsample through ``refine.guided_upsample`` with this gray guide (N,1,h,w)
-    first. Bilinear upsampling and the guided filter are both linear in the probabilities, so
-    members sharing a size are summed before one upsample, and the mean is filtered once.
-    Shared by the submission (06) and the OOF score of what it submits (05).
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: choose from {', '.join(MODES)}")
-    if (guide is None) != (guided is None):
-        raise ValueError("blend_probs needs both guide and guided, or neither")
-
-    def upsample(p: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if tuple(p.shape[-2:]) == tuple(size):
-            return p
-        return F.interpolate(p, size=size, mode="bilinear", align_corners=False)
-
-    def to_full(p: torch.Tensor) -> torch.Tensor:
-        if guided is not None:
-            p = guided_upsample(p, guide, guided.radius, guided.eps)
-        return upsample(p, out_shape)
-
-    total = float(sum(weights))
-    by_size: dict[tuple[int, ...], torch.Tensor] = {}
-    for p, weight in zip(probs, weights, strict=True):
-        key = tuple(p.shape[-2:])
-        if mode == "vote":
-            p, key = (to_full(p) > threshold).float(), ()
-        p = p * (weight / total)
-        by_size[key] = p if key not in by_size else by_size[key] + p
-    if mode == "vote":
-        return by_size[()]
-    if guided is not None:  # one guided filter on the weighted mean, at the guide's size
-        size = tuple(guide.shape[-2:])
-        return to_full(sum(upsample(p, size) for p in by_size.values()))
-    return sum(upsample(p, out_shape) for p in by_size.values())
-
-
-def binarize(probs: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
-    """The masks of ``blend_probs``'s output: the mean above the threshold, or a weighted vote
-    above one half (its members were thresholded already; a tie is no majority)."""
-    return probs > (0.5 if mode == "vote" else threshold)
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """None/"auto": cuda when present, else cpu."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+# the submission
 
 
 class _Encoder:
@@ -485,7 +263,7 @@ class PredictResult:
     n_images: int
     seconds: float
     images_per_s: float
-    shape: tuple[int, int] = (1280, 1918)
+    shape: tuple[int, int] = MASK_SHAPE
     resumed_from: int = 0
 
 
@@ -504,6 +282,7 @@ def predict_submission(
     batch_size: int = 4,
     num_workers: int | None = None,
     device: str | torch.device | None = None,
+    amp: bool | None = None,
     chunk_size: int = 1000,
     encode_workers: int | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -515,6 +294,8 @@ def predict_submission(
 
     data: a `layout.CompetitionData`. limit: see `select_ids`. on_batch(n_done) is called after each
     batch is handed to the writer (progress hooks; tests use it to interrupt a run for real).
+    amp: mixed precision on CUDA (None: on; bf16 where the GPU has it, else fp16, as
+    `precision.precision_for` decides for training); the CPU predicts in fp32.
     chunk_size: rows per resumable part; encode_workers: compression threads of the writer;
     cpu_threads: torch threads on the CPU (None: the cores the decode workers leave free).
     restart: drop the parts of an interrupted run instead of resuming it. Parts written by a
@@ -522,39 +303,19 @@ def predict_submission(
     largest_component: keep each mask's largest connected component (``postprocess``).
     guided: upsample with the photo as guide (``refine``; a ``GuidedFilterConfig`` or its dict).
     """
-    from kaggle_utils.postprocess import keep_largest_components
     from kaggle_utils.submission import SubmissionWriter
 
     if not members:
         raise ValueError("predict_submission needs at least one member")
     dev = pick_device(device)
-    store = data.test_hq if hq else data.test
-    if store is None:
-        raise FileNotFoundError(
-            f"no {'test_hq' if hq else 'test'} images (folder or zip) under {data.root}"
-        )
-    sample = data.read_csv("sample_submission")
-    if "img" not in sample.columns:
-        raise ValueError(f"sample_submission.csv under {data.root} has no 'img' column")
-    ids = select_ids(sample["img"].astype(str).tolist(), store.names(), limit)
-    out_shape = image_shape(store, ids[0])  # 1280x1918 on Kaggle; smaller synthetic sets differ
-    for m in members:
-        m.model.to(dev).eval()
-        if dev.type == "cuda":
-            m.model.to(memory_format=torch.channels_last)
-    sizes = sorted({m.size for m in members})
-    size_index = [sizes.index(m.size) for m in members]
-
+    store, ids = _test_ids(data, hq, limit)
+    out_shape = image_shape(store, ids[0])  # MASK_SHAPE on Kaggle; smaller synthetic sets differ
+    guided = GuidedFilterConfig.model_validate(guided) if guided is not None else None
+    precision = precision_for(dev, amp=amp is None or bool(amp))  # None: mixed on CUDA
+    plan = _Plan(members, dev, out_shape, tta, mode, threshold, guided, precision)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    settings = {"tta": tta, "mode": mode, "threshold": threshold}
-    if largest_component:  # only when on: earlier runs' fingerprints stay valid
-        settings["largest_component"] = True
-    guide_size = None
-    if guided is not None:
-        guided = GuidedFilterConfig.model_validate(guided)
-        guide_size = guide_shape(out_shape, guided.scale)
-        settings["guided_filter"] = guided.model_dump()
+    settings = _settings(tta, mode, threshold, largest_component, guided)
     _check_resume(out_path, members, **settings, restart=restart)
     writer = SubmissionWriter(
         out_path, ids, chunk_size=chunk_size, shape=out_shape, workers=encode_workers
@@ -566,63 +327,19 @@ def predict_submission(
         print(f"resuming {out_path.name}: {done} of {len(ids)} images already written", flush=True)
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
     loader = DataLoader(
-        TestImages(store, todo, sizes, guide_size),
+        TestImages(store, todo, plan.sizes, plan.guide_size),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         pin_memory=dev.type == "cuda",
         prefetch_factor=2 if workers > 0 else None,
     )
-    if dev.type == "cpu":
-        from kaggle_utils.allocator import keep_freed_memory
-
-        keep_freed_memory()  # full-resolution batches: reuse freed memory, no page faults
-    if cpu_threads is None and dev.type == "cpu":
-        # decode workers and the encoder share the cores; an oversubscribed torch pool is far
-        # slower than a smaller one (see ensemble.single_thread)
-        cpu_threads = max(1, (os.cpu_count() or 1) - workers)
     old_threads = torch.get_num_threads()
-    if cpu_threads:
-        torch.set_num_threads(cpu_threads)
+    _cpu_setup(dev, workers, cpu_threads)
     started = time.perf_counter()
-    n = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ids), initial=done, desc="predict", unit="img")
-    # RLE-encodes (after the largest-component clean-up, if asked) in a thread while the next
-    # batch is inferred; OpenCV's labelling releases the GIL
-    encoder = _Encoder(writer, prepare=keep_largest_components if largest_component else None)
+    bar = _progress_bar(progress, len(ids), done)
     try:
-        for batch in loader:
-            images = [_normalise(batch[f"image{k}"], dev) for k in range(len(sizes))]
-            guide = to_guide(batch["guide"].to(dev)) if guided is not None else None
-            probs = ensemble_probs(
-                members,
-                images,
-                size_index,
-                out_shape,
-                tta=tta,
-                mode=mode,
-                threshold=threshold,
-                guide=guide,
-                guided=guided,
-            )
-            masks = binarize(probs[:, 0], mode, threshold).to(torch.uint8).cpu().numpy()
-            encoder.put([todo[i] for i in batch["index"].tolist()], masks)
-            n += len(masks)
-            if bar is not None:
-                bar.update(len(masks))
-            if on_batch is not None:
-                on_batch(done + n)
-        encoder.join()
-        # joins the parts into out_path only after validating every id once and every RLE
-        writer.close(validate=True)
-    except BaseException:
-        encoder.join(raise_error=False)
-        writer.abort()
-        raise
+        n = _write_batches(plan, loader, todo, writer, largest_component, bar, on_batch, done)
     finally:
         torch.set_num_threads(old_threads)
         if bar is not None:
@@ -633,22 +350,147 @@ def predict_submission(
     rate = n / seconds if seconds > 0 else float("nan")
     print(
         f"wrote {out_path} ({len(ids)} images; {n} predicted now in {seconds:.1f} s, "
-        f"{rate:.2f} images/s); validated",
+        f"{rate:.2f} images/s, {plan.precision}); validated",
         flush=True,
     )
     return PredictResult(out_path, len(ids), seconds, rate, out_shape, done)
 
 
+def _test_ids(data: Any, hq: bool, limit: Any) -> tuple[Any, list[str]]:
+    """The test store and the sample-submission ids to predict from it."""
+    store = data.test_hq if hq else data.test
+    if store is None:
+        raise FileNotFoundError(
+            f"no {'test_hq' if hq else 'test'} images (folder or zip) under {data.root}"
+        )
+    sample = data.read_csv("sample_submission")
+    if "img" not in sample.columns:
+        raise ValueError(f"sample_submission.csv under {data.root} has no 'img' column")
+    return store, select_ids(sample["img"].astype(str).tolist(), store.names(), limit)
+
+
+def _settings(
+    tta: bool,
+    mode: str,
+    threshold: float,
+    largest_component: bool,
+    guided: GuidedFilterConfig | None,
+) -> dict[str, Any]:
+    """What the resume fingerprint records; optional settings only when on, so earlier runs'
+    fingerprints stay valid."""
+    settings: dict[str, Any] = {"tta": tta, "mode": mode, "threshold": threshold}
+    if largest_component:
+        settings["largest_component"] = True
+    if guided is not None:
+        settings["guided_filter"] = guided.model_dump()
+    return settings
+
+
+def _cpu_setup(dev: torch.device, workers: int, cpu_threads: int | None) -> None:
+    """On the CPU: keep freed memory (full-resolution batches would page-fault) and size torch's
+    pool to the cores the decode workers and the encoder leave free: an oversubscribed pool is
+    far slower than a smaller one (see ensemble.base.single_thread)."""
+    if dev.type == "cpu":
+        from kaggle_utils.allocator import keep_freed_memory
+
+        keep_freed_memory()
+        if cpu_threads is None:
+            cpu_threads = max(1, (os.cpu_count() or 1) - workers)
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)
+
+
+def _progress_bar(progress: bool, total: int, done: int) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="predict", unit="img")
+
+
+@dataclass
+class _Plan:
+    """How each batch becomes masks: the members on `device` at their sizes, the blend, the
+    precision; one place so the loop below stays a loop."""
+
+    members: Sequence[Member]
+    device: torch.device
+    out_shape: tuple[int, int]
+    tta: bool
+    mode: str
+    threshold: float
+    guided: GuidedFilterConfig | None
+    precision: str
+
+    def __post_init__(self) -> None:
+        for m in self.members:
+            m.model.to(self.device).eval()
+            if self.device.type == "cuda":
+                m.model.to(memory_format=torch.channels_last)
+        self.sizes = sorted({m.size for m in self.members})
+        self.size_index = [self.sizes.index(m.size) for m in self.members]
+        g = self.guided
+        self.guide_size = guide_shape(self.out_shape, g.scale) if g is not None else None
+
+    def masks(self, batch: dict) -> np.ndarray:
+        """uint8 (N, H, W) masks of one loader batch."""
+        images = [normalise(batch[f"image{k}"], self.device) for k in range(len(self.sizes))]
+        guide = to_guide(batch["guide"].to(self.device)) if self.guided is not None else None
+        probs = ensemble_probs(
+            self.members,
+            images,
+            self.size_index,
+            self.out_shape,
+            tta=self.tta,
+            mode=self.mode,
+            threshold=self.threshold,
+            precision=self.precision,
+            guide=guide,
+            guided=self.guided,
+        )
+        return binarize(probs[:, 0], self.mode, self.threshold).to(torch.uint8).cpu().numpy()
+
+
+def _write_batches(
+    plan: _Plan,
+    loader: DataLoader,
+    todo: list[str],
+    writer: Any,
+    largest_component: bool,
+    bar: Any,
+    on_batch: Callable[[int], None] | None,
+    done: int,
+) -> int:
+    """Predict every batch and hand its masks to the writer; returns the images predicted.
+
+    RLE encoding (after the largest-component clean-up, if asked) runs in a thread while the
+    next batch is inferred (OpenCV's labelling releases the GIL). The parts are joined into the
+    submission only after validating every id once and every RLE; a failure aborts the writer.
+    """
+    from kaggle_utils.postprocess import keep_largest_components
+
+    encoder = _Encoder(writer, prepare=keep_largest_components if largest_component else None)
+    n = 0
+    try:
+        for batch in loader:
+            masks = plan.masks(batch)
+            encoder.put([todo[i] for i in batch["index"].tolist()], masks)
+            n += len(masks)
+            if bar is not None:
+                bar.update(len(masks))
+            if on_batch is not None:
+                on_batch(done + n)
+        encoder.join()
+        writer.close(validate=True)
+    except BaseException:
+        encoder.join(raise_error=False)
+        writer.abort()
+        raise
+    return n
+
+
 # --------------------------------------------------------------------------------------------------
-# scoring and submitting
-
-
-def dice_masks(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two {0,1} masks; empty vs empty counts as 1 (Kaggle's rule)."""
-    p = pred.astype(bool)
-    t = truth.astype(bool)
-    denom = int(p.sum()) + int(t.sum())
-    return 1.0 if denom == 0 else 2.0 * int(np.logical_and(p, t).sum()) / denom
+# scoring
 
 
 def score_submission(
@@ -661,7 +503,6 @@ def score_submission(
     Only ids present in the submission are scored (a partial run scores its part). Returns a frame
     with img, dice; its mean is the Kaggle score.
     """
-    from kaggle_utils.layout import MASK_SHAPE
     from kaggle_utils.rle import rle_decode
 
     shape = tuple(shape or MASK_SHAPE)
@@ -677,54 +518,3 @@ def score_submission(
         gt = rle_decode(str(true[img]), shape, image_id=img)
         rows.append((img, dice_masks(pred, gt)))
     return pd.DataFrame(rows, columns=["img", "dice"])
-
-
-def kaggle_credentials() -> bool:
-    """Whether the kaggle CLI would find credentials (env vars or kaggle.json)."""
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return True
-    if os.environ.get("KAGGLE_API_TOKEN"):
-        return True
-    config = os.environ.get("KAGGLE_CONFIG_DIR")
-    folders = [Path(config)] if config else []
-    folders += [Path.home() / ".kaggle", Path.home() / ".config" / "kaggle"]
-    return any((f / "kaggle.json").is_file() for f in folders)
-
-
-def kaggle_cli() -> str | None:
-    """The kaggle executable: on PATH or beside this Python (a venv not activated)."""
-    found = shutil.which("kaggle")
-    if found:
-        return found
-    beside = Path(sys.executable).with_name("kaggle")
-    return str(beside) if beside.is_file() else None
-
-
-def kaggle_submit(
-    path: str | os.PathLike, message: str, competition: str = COMPETITION, dry_run: bool = False
-) -> bool:
-    """`kaggle competitions submit -c … -f … -m …` when the CLI and credentials exist.
-
-    Returns True when submitted; prints a clear reason and returns False when it cannot.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"submission file not found: {path}")
-    exe = kaggle_cli()
-    if exe is None:
-        print("not submitting: the kaggle CLI is not installed (pip install kaggle)", flush=True)
-        return False
-    if not kaggle_credentials():
-        print(
-            "not submitting: no Kaggle credentials (put kaggle.json in ~/.kaggle/ or set "
-            "KAGGLE_USERNAME and KAGGLE_KEY); submit by hand with:\n"
-            f"  kaggle competitions submit -c {competition} -f {path} -m {message!r}",
-            flush=True,
-        )
-        return False
-    cmd = [exe, "competitions", "submit", "-c", competition, "-f", str(path), "-m", message]
-    print("$", " ".join(cmd), flush=True)
-    if dry_run:
-        return False
-    subprocess.run(cmd, check=True)
-    return True

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-MASK_SHAPE = (1280, 1918)
+from kaggle_utils.constants import MASK_SHAPE  # (H, W); importable as rle.MASK_SHAPE
 
 __all__ = ["MASK_SHAPE", "rle_decode", "rle_encode", "rle_encode_many", "rle_runs", "rle_to_string"]
 

@@ -33,10 +33,11 @@ import cv2
 import numpy as np
 
 from kaggle_utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from kaggle_utils.constants import MASK_SHAPE
 from kaggle_utils.imageio import encode_jpeg, encode_mask_gif
 
 N_ANGLES = 16
-FULL_SIZE = (1280, 1918)
+FULL_SIZE = MASK_SHAPE  # Carvana's (H, W)
 MARKER = ".synthetic.json"
 _CSV_FILES = ("train_masks.csv", "test_masks.csv", "metadata.csv", "sample_submission.csv")
 _VERSION = 1
@@ -255,7 +256,7 @@ class Camera:
         self.right = right / np.linalg.norm(right)
         self.up = np.cross(self.right, self.fwd)
         # Side view of a 4.6 m car spans ~72% of the width, whatever the aspect.
-        self.f = 0.72 * w * dist / 4.6 * scale * min(1.0, (h / w) / (1280 / 1918))
+        self.f = 0.72 * w * dist / 4.6 * scale * min(1.0, (h / w) / (MASK_SHAPE[0] / MASK_SHAPE[1]))
         self.cx, self.cy = (w - 1) / 2.0, 0.52 * h
 
     def project(self, p: np.ndarray) -> np.ndarray:

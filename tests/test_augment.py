@@ -6,7 +6,7 @@ import albumentations as A
 import numpy as np
 import pytest
 
-from kaggle_utils.augment import ALLOWED, build_augmentations
+from kaggle_utils.augment import ALLOWED, DEFAULTS, TRANSFORMS, AugmentConfig, build_augmentations
 
 
 def _scene(h: int = 64, w: int = 96) -> tuple[np.ndarray, np.ndarray]:
@@ -41,11 +41,43 @@ def test_unknown_key_is_named_with_allowed_keys(key):
         build_augmentations({key: 0.5}, train=False)
 
 
+def test_vertical_flip_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="vertical flips are not offered"):
+        build_augmentations({"vflip": True})
+    with pytest.raises(ValueError) as err:
+        build_augmentations({"hflp": True})
+    assert "did you mean 'hflip'" in str(err.value) and "vertical" not in str(err.value)
+
+
 def test_bad_option_and_probability():
-    with pytest.raises(ValueError, match="shear"):
+    with pytest.raises(ValueError, match=r"shift_scale\.shear.*allowed keys: p, rotate, scale"):
         build_augmentations({"shift_scale": {"shear": 3}})
     with pytest.raises(ValueError, match="p=1.5"):
         build_augmentations({"hflip": 1.5})
+    with pytest.raises(ValueError, match=r"hflip\.p.*p=-0.1"):
+        build_augmentations({"hflip": {"p": -0.1}})
+    with pytest.raises(ValueError, match=r"color\.hue.*less than or equal to 0.5"):
+        build_augmentations({"color": {"hue": 0.6}})
+    with pytest.raises(ValueError, match=r"shift_scale.*true/false, a probability"):
+        build_augmentations({"shift_scale": "on"})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        build_augmentations(["hflip"])
+
+
+def test_schema_per_transform_and_shorthands():
+    """A transform is a mapping of its options, true (defaults), false/null (off) or its p."""
+    assert set(TRANSFORMS) == set(ALLOWED) == set(DEFAULTS)
+    assert DEFAULTS["shift_scale"] == {"p": 0.5, "shift": 0.0625, "scale": 0.1, "rotate": 0.0}
+    config = AugmentConfig.from_spec(
+        {"hflip": 0.25, "shift_scale": True, "color": {"hue": 0.1}}, "augment"
+    )
+    resolved = config.resolved()
+    assert resolved["hflip"] == {"p": 0.25} and resolved["shift_scale"] == DEFAULTS["shift_scale"]
+    assert resolved["color"] == {**DEFAULTS["color"], "hue": 0.1}
+    off = AugmentConfig.from_spec({"hflip": False, "shift_scale": None, "color": 0}, "augment")
+    assert off.resolved() == {"color": None, "hflip": None, "shift_scale": None}
+    assert config.spec() == {"hflip": 0.25, "shift_scale": True, "color": {"hue": 0.1}}
+    assert _types(build_augmentations(config)) == _types(build_augmentations(config.spec()))
 
 
 def test_validation_transform_is_identity():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kaggle_utils.config import (
     ConfigError,
@@ -53,7 +55,7 @@ def test_full_scale_curriculum_is_the_seeds():
         "s2_1152x1152",
         "s3_1280x1792",
     ]
-    assert member.model["arch"] == "refinenet_v4" and member.model["encoder"] == "resnet34"
+    assert member.model.spec()["arch"] == "refinenet_v4" and member.model.encoder == "resnet34"
 
 
 def test_member_loads_and_names_stages(tmp_path):
@@ -159,3 +161,144 @@ def test_ensemble_errors(tmp_path):
         load_ensemble(write(tmp_path, "memberz: [m.yaml]\nmembers: [m.yaml]\n", "e3.yaml"))
     with pytest.raises(ConfigError, match=r"folds \[7\]"):
         load_ensemble(write(tmp_path, "members: [m.yaml]\nfolds: [7]\n", "e4.yaml"))
+
+
+# ------------------------------------------------ typed model / loss / augment mappings
+
+MEMBER_FILES = sorted(
+    str(p.relative_to(REPO)) for p in (REPO / "params").rglob("*.yaml") if p.name != "ensemble.yaml"
+)
+
+
+def load_error(tmp_path: Path, text: str) -> tuple[Path, str]:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_member(path)
+    return path, str(err.value)
+
+
+def test_misspelt_loss_term_fails_on_load(tmp_path):
+    path, msg = load_error(tmp_path, MEMBER + "loss: {dcie: 1.0}\n")
+    assert str(path) in msg and "'loss.dcie'" in msg and "did you mean 'dice'" in msg
+    assert "boundary_weight" in msg  # the allowed keys come from the loss registry
+
+
+@pytest.mark.parametrize("arch", ["refinenet_v4", "unet"])
+def test_misspelt_model_key_names_path_and_the_right_key(tmp_path, arch):
+    model = f"model: {{arch: {arch}, encoder: resnet18, decoder_chanels: [64, 32, 16, 16, 8]}}"
+    path, msg = load_error(tmp_path, MEMBER.replace(MEMBER.splitlines()[1], model))
+    assert str(path) in msg and "'model.decoder_chanels'" in msg
+    assert "did you mean 'decoder_channels'" in msg
+    # each arch lists its own keys: RefineNet's tunables, smp's keywords
+    assert ("image_skip" in msg) == (arch == "refinenet_v4")
+    assert ("decoder_attention_type" in msg) == (arch == "unet")
+
+
+def test_unknown_arch_suggests_the_close_one(tmp_path):
+    _, msg = load_error(tmp_path, MEMBER.replace("arch: unet", "arch: unte"))
+    assert "'model.arch'" in msg and "did you mean 'unet'" in msg and "refinenet_v4" in msg
+    _, msg = load_error(tmp_path, MEMBER.replace("arch: unet, ", ""))
+    assert "model needs an 'arch'" in msg and "refinenet_v4" in msg
+
+
+def test_model_values_are_typed_and_variant_keys_fixed(tmp_path):
+    path = write(tmp_path, MEMBER)
+    with pytest.raises(ConfigError, match=r"model\.encoder_depth.*'five'"):
+        load_member(path, {"model.encoder_depth": "five"})
+    with pytest.raises(ConfigError, match=r"model\.merge.*fixed by arch 'refinenet_v4'"):
+        load_member(path, {"model.arch": "refinenet_v4", "model.merge": "add"})
+    # smp with a timm encoder: unknown keys pass through to timm, as build_model passes them
+    member = load_member(path, {"model.encoder": "tu-resnet18", "model.drop_path_rate": 0.1})
+    assert member.model.spec()["drop_path_rate"] == 0.1
+    assert load_member(path, {"model.arch": "UNet"}).model.spec()["arch"] == "UNet"
+
+
+@pytest.mark.parametrize(
+    ("augment", "where"),
+    [
+        ("{hflip: {p: 1.5}}", r"augment\.hflip\.p.*p=1.5 is not a probability"),
+        ("{hflip: 1.5}", r"augment\.hflip\.p.*p=1.5"),
+        ("{vflip: true}", r"augment\.vflip.*vertical flips are not offered"),
+        ("{shift_scale: {shear: 3}}", r"augment\.shift_scale\.shear.*allowed keys: p, rotate"),
+        ("{color: {hue: 0.7}}", r"augment\.color\.hue.*0\.5"),
+        ("{hflip: maybe}", r"augment\.hflip.*true/false, a probability"),
+    ],
+)
+def test_bad_augment_fails_on_load_with_the_key_path(tmp_path, augment, where):
+    path = write(tmp_path, MEMBER + f"augment: {augment}\n")
+    with pytest.raises(ConfigError, match=where) as err:
+        load_member(path)
+    assert str(path) in str(err.value)
+
+
+def test_overrides_of_nested_mappings_are_validated(tmp_path):
+    path = write(tmp_path, MEMBER)
+    member = load_member(path, {"loss.dice": 0.5, "model.decoder_channels": "[32, 16, 16, 8, 8]"})
+    assert member.loss.spec() == {"dice": 0.5}
+    assert member.model.spec()["decoder_channels"] == [32, 16, 16, 8, 8]
+    with pytest.raises(ConfigError, match=r"(?s)with overrides.*'loss\.dise'.*did you mean 'dice'"):
+        load_member(path, {"loss.dise": 0.5})
+    with pytest.raises(ConfigError, match=r"'model\.decoder_chanels'"):
+        load_member(path, {"model.decoder_chanels": "[8]"})
+
+
+def test_spec_is_what_the_user_wrote(tmp_path):
+    member = load_member(write(tmp_path, MEMBER + "loss: {dice: 1, kernel: 5}\n"))
+    assert member.loss.spec() == {"dice": 1, "kernel": 5}  # no defaults, the int stays an int
+    assert member.model.spec() == {"arch": "unet", "encoder": "resnet18", "encoder_weights": None}
+    assert member.augment is None  # no `augment:` -> None (build_augmentations(None) = defaults)
+    assert load_member(write(tmp_path, MEMBER)).loss.spec() == {"bce": 1.0, "dice": 1.0}
+    dumped = member.model_dump(mode="json")
+    assert dumped["loss"] == {"dice": 1, "kernel": 5} and dumped["augment"] is None
+    with pytest.raises(ValueError, match="frozen"):
+        member.loss.dice = 0.5  # spec() would go stale: change the file or pass overrides
+    again = pickle.loads(pickle.dumps(member))
+    assert again.model.spec() == member.model.spec() and type(again.model) is type(member.model)
+
+
+@pytest.mark.parametrize("path", MEMBER_FILES)
+def test_spec_round_trips_to_the_builders(path):
+    """spec() gives the builders what the raw YAML gave them: the same objects result."""
+    import torch
+
+    from kaggle_utils.augment import build_augmentations
+    from kaggle_utils.losses import build_loss
+    from kaggle_utils.models import build_model
+
+    raw = yaml.safe_load((REPO / path).read_text())
+    member = load_member(REPO / path)
+    assert member.model.spec() == raw["model"] and member.loss.spec() == raw["loss"]
+    assert member.augment.spec() == raw["augment"]
+    offline = {"encoder_weights": None}  # no downloads here; the same change to both
+    torch.manual_seed(0)
+    from_spec = build_model({**member.model.spec(), **offline})
+    torch.manual_seed(0)
+    from_raw = build_model({**raw["model"], **offline})
+    assert from_spec.spec == from_raw.spec
+    for a, b in zip(from_spec.state_dict().values(), from_raw.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert build_loss(member.loss.spec()).spec == build_loss(raw["loss"]).spec
+    assert repr(build_augmentations(member.augment.spec())) == repr(
+        build_augmentations(raw["augment"])
+    )
+
+
+def test_params_hash_is_unchanged_by_the_schemas():
+    """Pinned to the hashes the untyped (dict) member fields gave: finished stages of users' runs
+    stay finished. A change here retrains every stage; do not update the values lightly."""
+    unet = load_member(REPO / "params/demo/unet_resnet18.yaml")
+    refinenet = load_member(REPO / "params/cpu_sample/refinenet_v4_resnet18.yaml")
+    assert unet.params_hash(0) == "773e4b4076ec2f15"
+    assert unet.params_hash(1) == "55b917469a9c51e0"
+    assert refinenet.params_hash(0) == "4fe80b8e19340207"
+    assert refinenet.params_hash(2) == "1ff33728811ced0a"
+    assert load_member(REPO / "params/demo/refinenet_v4_resnet18.yaml").params_hash(0) == (
+        "2cf07db25ccfeb52"
+    )
+
+
+def test_params_hash_of_defaults_and_overrides_is_unchanged():
+    path = REPO / "params/demo/unet_resnet18.yaml"
+    assert load_member(path, {"loss.dice": 0.5}).params_hash(0) == "244de6588e6f20a6"
+    assert load_member(path, {"augment": None}).params_hash(0) == "8d1047a598fb49b6"
+    assert load_member(path, {"loss": {}}).params_hash(0) == "84933b833dc4b182"

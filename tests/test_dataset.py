@@ -1,4 +1,5 @@
-"""CarvanaDataset: normalised tensors at any (H, W), reduced decoding, DataLoader workers on zips."""
+"""CarvanaDataset: normalised tensors at any (H, W), reduced decoding, DataLoader workers on zips;
+the training sets: in-memory cache, seeded augmentation, validation masks at the metric's size."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from kaggle_utils.augment import build_augmentations
-from kaggle_utils.dataset import IMAGENET_MEAN, IMAGENET_STD, CarvanaDataset, resize_mask
+from kaggle_utils.dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CachedDataset,
+    CarvanaDataset,
+    SeededDataset,
+    ValidationMasks,
+    build_datasets,
+    resize_mask,
+)
 from kaggle_utils.index import test_index, train_index
 from kaggle_utils.layout import find_data
 
@@ -157,3 +167,88 @@ def test_bad_arguments(small_synthetic):
         CarvanaDataset(data, index, (0, 64))
     with pytest.raises(ValueError, match="split"):
         CarvanaDataset(data, index, (64, 64), split="val")
+
+
+# ---------------------------------------------------------------- training and validation sets
+
+
+def test_imagenet_statistics_come_from_constants():
+    from kaggle_utils import constants
+
+    assert IMAGENET_MEAN is constants.IMAGENET_MEAN and IMAGENET_STD is constants.IMAGENET_STD
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_cached_dataset_serves_what_the_decoding_dataset_serves(small_synthetic, soft):
+    data = find_data(small_synthetic)
+    index = train_index(data).iloc[:5]
+    cached = CachedDataset(data, index, (64, 96), soft_masks=soft)
+    plain = CarvanaDataset(data, index, (64, 96), soft_masks=soft)
+    assert len(cached) == 5 and cached.images.dtype == np.uint8 and cached.masks.dtype == np.uint8
+    for i in range(5):
+        a, b = cached[i], plain[i]
+        assert a["id"] == b["id"]
+        torch.testing.assert_close(a["image"], b["image"])
+        torch.testing.assert_close(a["mask"], b["mask"])
+    empty = CachedDataset(data, index.iloc[:0], (64, 96))
+    assert len(empty) == 0 and empty.images.shape == (0, 64, 96, 3)
+
+
+def test_seeded_dataset_repeats_an_epoch_and_varies_across_epochs(small_synthetic):
+    """Same (seed, epoch, sample): same augmentation, however often or in which order it is read."""
+    data = find_data(small_synthetic)
+    index = train_index(data).iloc[[0] * 16]
+    aug = build_augmentations({"hflip": 0.5, "shift_scale": False, "color": False})
+    ds = SeededDataset(CachedDataset(data, index, (64, 96), transform=aug), aug, seed=7)
+
+    def epoch(e: int, order=range(16)) -> dict[int, torch.Tensor]:
+        ds.epoch = e
+        return {i: ds[i]["image"] for i in order}
+
+    first = epoch(0)
+    again = epoch(0, order=reversed(range(16)))
+    assert all(torch.equal(first[i], again[i]) for i in range(16))
+    later = epoch(1)
+    assert any(not torch.equal(first[i], later[i]) for i in range(16))
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_build_datasets_augments_only_the_training_set(small_synthetic, cache):
+    from kaggle_utils.config import MemberConfig
+
+    data = find_data(small_synthetic)
+    index = train_index(data)
+    member = MemberConfig.model_validate(
+        {
+            "name": "tiny",
+            "model": {"arch": "unet"},
+            "augment": {"hflip": 1.0, "shift_scale": False, "color": False},
+            "cache": cache,
+            "seed": 3,
+            "stages": [{"size": "64x96", "epochs": 1}],
+        }
+    )
+    train_ds, val_ds = build_datasets(data, member, index.iloc[:4], index.iloc[4:7], (64, 96))
+    assert isinstance(train_ds, SeededDataset) and train_ds.seed == 3
+    assert isinstance(train_ds.base, CachedDataset if cache else CarvanaDataset)
+    assert isinstance(val_ds, CachedDataset if cache else CarvanaDataset)
+    assert (len(train_ds), len(val_ds)) == (4, 3) and val_ds.transform is None
+    plain = data.load_image(train_ds[0]["id"], size=(64, 96)).astype(np.float32)
+    np.testing.assert_allclose(_denormalise(train_ds[0]["image"]), plain[:, ::-1], atol=1e-3)
+    assert train_ds[0]["mask"].shape == (1, 64, 96)
+
+
+@pytest.mark.parametrize(
+    ("val_full_res", "shape"), [(True, (160, 240)), (80, (80, 120)), (False, (64, 96))]
+)
+def test_validation_masks_at_the_metric_resolution(small_synthetic, val_full_res, shape):
+    data = find_data(small_synthetic)
+    ids = list(train_index(data)["id"].iloc[:3])
+    masks = ValidationMasks(data, ids, val_full_res, (64, 96), guide_scale=4)
+    assert masks.shape == shape and masks.label == f"{shape[0]}x{shape[1]}"
+    got = masks.get(ids[1:])
+    assert got.shape == (2, *shape) and got.dtype == torch.uint8
+    np.testing.assert_array_equal(got[0].numpy(), resize_mask(data.load_mask(ids[1]), shape))
+    guide = masks.guide(ids)
+    assert guide.shape == (3, 1, 40, 60) and 0 <= float(guide.min()) <= float(guide.max()) <= 1
+    assert ValidationMasks(data, [], True, (64, 96)).shape == (1280, 1918)  # Carvana's, if empty

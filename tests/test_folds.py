@@ -6,9 +6,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils.folds import check_folds, fold_summary, folds_by_car, load_folds, save_folds
+from kaggle_utils.config import MemberConfig
+from kaggle_utils.folds import (
+    _cap,
+    check_folds,
+    fold_summary,
+    folds_by_car,
+    load_folds,
+    make_split,
+    save_folds,
+    split_by_car,
+)
 
 MAKES = ["Ford"] * 10 + ["BMW"] * 6 + ["Audi"] * 3 + ["Kia"] * 2 + ["Saab"]
+
+
+def member(**kw) -> MemberConfig:
+    """A two-fold member (only its split fields matter here)."""
+    spec = {"name": "tiny", "model": {"arch": "unet", "encoder": "mobilenet_v2"}, "n_folds": 2}
+    return MemberConfig.model_validate(
+        {**spec, "seed": 3, "stages": [{"size": "64x96", "epochs": 1}], **kw}
+    )
 
 
 def make_index(makes=MAKES, seed: int = 1) -> pd.DataFrame:
@@ -123,3 +141,83 @@ def test_fold_summary_counts():
     assert table["images"].sum() == len(index)
     assert table["cars"].sum() == index["car"].nunique()
     assert set(table.columns) == {"images", "cars", "makes", "coverage_mean"}
+
+
+# ---------------------------------------------------------------- one member's split
+
+
+def test_split_by_car_is_disjoint(small_synthetic):
+    from kaggle_utils.index import train_index
+    from kaggle_utils.layout import find_data
+
+    index = train_index(find_data(small_synthetic))
+    seen = []
+    for fold in range(2):
+        train, val = split_by_car(index, 2, fold, seed=0)
+        assert not set(train["car"]) & set(val["car"])
+        assert len(train) + len(val) == len(index)
+        seen += list(val["id"])
+    assert sorted(seen) == sorted(index["id"])
+
+
+def test_without_folds_csv_the_split_is_split_by_car_then_capped_by_car(tmp_path):
+    index = make_index()
+    train, val, source = make_split(
+        index, member(max_train_images=40, max_val_images=20), 1, tmp_path
+    )
+    assert source == "split_by_car(n_folds=2, fold=1, seed=3)"
+    assert (len(train), len(val)) == (40, 20)
+    assert not set(train["car"]) & set(val["car"])
+    assert val["car"].value_counts().max() == 16  # whole cars first, then part of the next one
+    full_train, full_val = split_by_car(index, 2, 1, seed=3)
+    assert set(train["id"]) <= set(full_train["id"]) and set(val["id"]) <= set(full_val["id"])
+
+
+def test_cap_is_seeded_and_keeps_what_fits():
+    index = make_index()
+    assert _cap(index, None, 0) is index and _cap(index, len(index), 0) is index
+    capped = _cap(index, 33, 5)
+    assert len(capped) == 33 and capped["car"].nunique() == 3
+    assert capped.equals(_cap(index, 33, 5)) and not capped.equals(_cap(index, 33, 6))
+    assert list(capped["id"]) == sorted(capped["id"])
+
+
+def test_folds_csv_from_02_wins(small_synthetic, tmp_path):
+    from kaggle_utils.index import train_index
+    from kaggle_utils.layout import find_data
+
+    index = train_index(find_data(small_synthetic))
+    cars = sorted(index["car"].unique())
+    folds = index[["id", "car"]].assign(fold=index["car"].map({c: int(c == cars[0]) for c in cars}))
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    train, val, source = make_split(index, member(), 1, tmp_path)
+    assert source.endswith("folds.csv") and set(val["car"]) == {cars[0]}
+    assert cars[0] not in set(train["car"])
+    with pytest.raises(ValueError, match="no fold 2"):
+        make_split(index, member(n_folds=3), 2, tmp_path)
+    folds.iloc[1:].to_csv(tmp_path / "folds.csv", index=False)
+    with pytest.raises(ValueError, match="1 training images have no fold.*re-run 02_split"):
+        make_split(index, member(), 1, tmp_path)
+
+
+def test_folds_csv_from_an_upstream_kaggle_kernel_is_used(small_synthetic, tmp_path, monkeypatch):
+    """On Kaggle 02_split runs in its own kernel; members must read its folds.csv, not re-split."""
+    from kaggle_utils import environment
+    from kaggle_utils.index import train_index
+    from kaggle_utils.layout import find_data
+
+    inp, work = tmp_path / "input", tmp_path / "working"
+    work.mkdir()
+    monkeypatch.setattr(environment, "KAGGLE_INPUT", inp)
+    monkeypatch.setattr(environment, "KAGGLE_WORKING", work)
+    index = train_index(find_data(small_synthetic))
+    cars = sorted(index["car"].unique())
+    folds = index[["id", "car"]].assign(
+        fold=index["car"].map({c: int(c == cars[-1]) for c in cars})
+    )
+    upstream = inp / "carvana-demo-02-split" / "runs" / "demo"
+    upstream.mkdir(parents=True)
+    folds.to_csv(upstream / "folds.csv", index=False)
+    train, val, source = make_split(index, member(), 1, "runs/demo")
+    assert source == str(upstream / "folds.csv")
+    assert set(val["car"]) == {cars[-1]} and cars[-1] not in set(train["car"])

@@ -8,7 +8,15 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
-from kaggle_utils.losses import boundary_weights, build_loss, kernel_for_height
+from kaggle_utils.losses import (
+    DEFAULT_SPEC,
+    LOSS_OPTIONS,
+    LOSS_TERMS,
+    LossConfig,
+    boundary_weights,
+    build_loss,
+    kernel_for_height,
+)
 
 
 def reference_boundary(mask: np.ndarray, k: int) -> np.ndarray:
@@ -176,13 +184,47 @@ def test_loss_gradients_and_autocast_inputs():
 
 
 def test_bad_loss_spec_names_the_key():
-    with pytest.raises(ValueError, match=r"unknown loss key 'dise'.*'bce'.*'dice'.*'aux_weight'"):
+    with pytest.raises(ValueError, match=r"unknown key 'dise' \(did you mean 'dice'\?\)") as err:
         build_loss({"bce": 1.0, "dise": 1.0})
-    with pytest.raises(ValueError, match="'lovasz' must be a number >= 0"):
+    assert all(key in str(err.value) for key in (*LOSS_TERMS, *LOSS_OPTIONS))  # allowed keys
+    with pytest.raises(ValueError, match="'lovasz': Input should be greater than or equal to 0"):
         build_loss({"lovasz": -1})
-    with pytest.raises(ValueError, match="'kernel'"):
-        build_loss({"kernel": 4})
+    with pytest.raises(ValueError, match="'bce': Input should be a valid number"):
+        build_loss({"bce": "1.0"})  # a number, not a string that looks like one
+    for kernel in (4, 0, 5.0):
+        with pytest.raises(ValueError, match="'kernel'"):
+            build_loss({"kernel": kernel})
     with pytest.raises(ValueError, match="weight 0"):
         build_loss({"bce": 0, "dice": 0})
+    with pytest.raises(ValueError, match="must be a mapping"):
+        build_loss(["bce"])
     with pytest.raises(ValueError, match="differ"):
         build_loss({})(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 16, 16))
+
+
+def test_spec_semantics_named_terms_only():
+    """No term named -> bce + dice; any named -> only those; null weights count as 0."""
+    assert build_loss({}).weights == {
+        "bce": 1.0,
+        "dice": 1.0,
+        "jaccard": 0.0,
+        "lovasz": 0.0,
+        "focal": 0.0,
+    }
+    assert build_loss(None).weights == build_loss({"kernel": 5}).weights == build_loss({}).weights
+    assert list(build_loss({"lovasz": 0.5}).terms) == ["lovasz"]
+    assert list(build_loss({"dice": 1, "bce": None, "focal": 1}).terms) == ["dice", "focal"]
+    assert build_loss({"kernel": None, "boundary_weight": None}).boundary_weight == 0.0
+    assert DEFAULT_SPEC["bce"] == 1.0 and DEFAULT_SPEC["jaccard"] == 0.0
+
+
+def test_registry_builds_each_term_and_the_schema_follows_it():
+    options = LossConfig.from_spec({}, "loss").options()
+    for name, term in LOSS_TERMS.items():
+        assert isinstance(term.build(options), torch.nn.Module), name
+        assert name in LossConfig.model_fields
+    assert set(LOSS_OPTIONS) <= set(LossConfig.model_fields)
+    config = LossConfig.from_spec({"dice": 2, "kernel": 7}, "loss")
+    assert config.spec() == {"dice": 2, "kernel": 7}  # as written: what build_loss receives
+    assert build_loss(config).weights == build_loss(config.spec()).weights  # instances work too
+    assert config.weights()["dice"] == 2.0 and config.options()["kernel"] == 7

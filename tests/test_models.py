@@ -9,9 +9,20 @@ import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.encoders import get_encoder
 
+from kaggle_utils.config import ModelConfig
 from kaggle_utils.losses import build_loss
 from kaggle_utils.metrics import dice_per_image
-from kaggle_utils.models import ARCHITECTURES, DecoderBlock, WeightsDownloadError, build_model
+from kaggle_utils.models import (
+    ARCHITECTURES,
+    COMMON_KEYS,
+    FIXED_KEYS,
+    TUNABLE_KEYS,
+    DecoderBlock,
+    WeightsDownloadError,
+    allowed_extras,
+    arch_keywords,
+    build_model,
+)
 from kaggle_utils.models.refinenet import VARIANTS
 
 SMALL_DECODER = [32, 16, 16, 8, 8]
@@ -227,6 +238,23 @@ def test_unknown_names_fail_with_the_valid_ones():
         build_model({"arch": "refinenet_v4", "encoder": "resnet35"})
     with pytest.raises(ValueError, match="'decoder_widths' for arch 'unet'.*decoder_channels"):
         build_model({"arch": "unet", "encoder": "resnet18", "decoder_widths": [8]})
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_registry_keys_are_the_member_schema_keys(arch):
+    """A member file's `model:` schema takes exactly the keys build_model takes for that arch."""
+    entry = ARCHITECTURES[arch]
+    extras = allowed_extras(entry, entry.default_encoder)
+    assert extras is not None and set(arch_keywords(arch)) == set(extras)
+    schema = ModelConfig.schema_for({"arch": arch})
+    assert set(schema.model_fields) == set(COMMON_KEYS) | set(extras)
+    assert not set(FIXED_KEYS) & set(schema.model_fields)
+    if entry.family == "refinenet":
+        assert extras == TUNABLE_KEYS and arch_keywords(arch)["image_skip"] == (bool, False)
+    else:  # timm encoders take more keys, which smp passes on
+        assert allowed_extras(entry, "tu-resnet18") is None
+        open_schema = ModelConfig.schema_for({"arch": arch, "encoder": "tu-resnet18"})
+        assert open_schema.model_config["extra"] == "allow"
 
 
 # ---------------------------------------------------------------- encoder weights

@@ -1,4 +1,6 @@
-"""Streamed test prediction: partial runs, clear failures, resumable submission, TTA, scoring."""
+"""Streamed test prediction (06): partial runs, clear failures, resumable submission, scoring.
+
+The forward pass, TTA and the blend are `inference`'s: tests/test_inference.py."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 import torch
 from _tiny_run import tiny_checkpoint
 
+from kaggle_utils import inference as I
 from kaggle_utils import predict as P
 from kaggle_utils.layout import find_data
 from kaggle_utils.rle import rle_decode, rle_encode
@@ -29,7 +32,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def members(ckpt):
-    return P.load_members([ckpt])
+    return I.load_members([ckpt])
 
 
 def test_partial_run_on_real_sample_writes_exactly_those_ids(real_sample, members, tmp_path):
@@ -95,10 +98,10 @@ def test_corrupt_jpeg_fails_naming_the_file(synthetic_copy, members, tmp_path):
 def test_missing_checkpoint_fails_naming_the_path(ckpt, tmp_path):
     missing = tmp_path / "member" / "s1" / "best.pt"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        P.load_members([ckpt, missing])
+        I.load_members([ckpt, missing])
     spec = {"members": [{"name": "m", "checkpoint": "member/s1/best.pt", "weight": 1}]}
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        P.members_from_ensemble(spec, tmp_path)
+        I.members_from_ensemble(spec, tmp_path)
 
 
 def test_interrupted_submit_resumes_to_the_same_file(small_synthetic, members, tmp_path):
@@ -117,41 +120,13 @@ def test_interrupted_submit_resumes_to_the_same_file(small_synthetic, members, t
     with pytest.raises(Stop):
         P.predict_submission(members, data, out, on_batch=stop_after_three_batches, **kw)
     assert not out.exists()  # never a half-written final file
-    other = P.load_members([members[0].checkpoint], weights=[1.0])
+    other = I.load_members([members[0].checkpoint], weights=[1.0])
     with pytest.raises(ValueError, match="other members or settings"):
         P.predict_submission(other, data, out, threshold=0.3, **kw)
     resumed = P.predict_submission(members, data, out, **kw)
     assert resumed.resumed_from >= 4  # at least the first finished chunk was kept
     assert resumed.resumed_from < full.n_images
     pd.testing.assert_frame_equal(_read(out), _read(full.path))
-
-
-def test_hflip_tta_is_flip_equivariant(members):
-    """TTA(flip(x)) == flip(TTA(x)): the averaged prediction has no left/right bias."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 64, 96)
-    model = members[0].model
-    a = P.member_probs(model, x, tta=True)
-    b = P.member_probs(model, x.flip(-1), tta=True).flip(-1)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(P.member_probs(model, x, tta=False), a, atol=1e-4)
-
-
-def test_ensemble_of_members_at_two_sizes(ckpt, tmp_path):
-    other = tiny_checkpoint(tmp_path / "b.pt", size=(96, 128), seed=1)
-    two = P.load_members([ckpt, other], weights=[3, 1])
-    torch.manual_seed(0)
-    imgs = [torch.randn(1, 3, 64, 96), torch.randn(1, 3, 96, 128)]
-    mean = P.ensemble_probs(two, imgs, [0, 1], (160, 240), tta=False)
-    p0 = torch.nn.functional.interpolate(
-        P.member_probs(two[0].model, imgs[0], False), (160, 240), mode="bilinear"
-    )
-    p1 = torch.nn.functional.interpolate(
-        P.member_probs(two[1].model, imgs[1], False), (160, 240), mode="bilinear"
-    )
-    torch.testing.assert_close(mean, 0.75 * p0 + 0.25 * p1)
-    vote = P.ensemble_probs(two, imgs, [0, 1], (160, 240), tta=False, mode="vote")
-    torch.testing.assert_close(vote, 0.75 * (p0 > 0.5).float() + 0.25 * (p1 > 0.5).float())
 
 
 def test_score_submission_against_truth(tmp_path):
@@ -167,12 +142,14 @@ def test_score_submission_against_truth(tmp_path):
 
 
 def test_kaggle_submit_without_credentials_says_so(tmp_path, monkeypatch, capsys):
+    from kaggle_utils.kernels.cli import kaggle_submit
+
     for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     path = tmp_path / "submission.csv.gz"
     path.write_bytes(gzip.compress(b"img,rle_mask\n"))
-    assert P.kaggle_submit(path, "test") is False
+    assert kaggle_submit(path, "test") is False
     out = capsys.readouterr().out
     assert "not submitting" in out and "kaggle" in out
 
@@ -199,8 +176,9 @@ KILLED_RUN = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from kaggle_utils import predict as P
+from kaggle_utils.inference import load_members
 from kaggle_utils.layout import find_data
-members = P.load_members([{ckpt!r}])
+members = load_members([{ckpt!r}])
 P.predict_submission(
     members, find_data({data!r}), {out!r}, batch_size=1, num_workers=0, chunk_size=2,
     progress=False, on_batch=lambda n: time.sleep(0.5),
@@ -272,15 +250,15 @@ def test_guided_submission_writes_the_guided_ensemble(small_synthetic, members, 
     name = sub["img"].iloc[0]
     shape = P.image_shape(data.test, name)
     item = P.TestImages(data.test, [name], [members[0].size], guide_shape(shape, 4))[0]
-    image = P._normalise(item["image0"][None], torch.device("cpu"))
+    image = I.normalise(item["image0"][None], torch.device("cpu"))
     guide = item["guide"][None].float() / 255.0
-    probs = P.ensemble_probs(members, [image], [0], shape, guide=guide, guided=guided)
+    probs = I.ensemble_probs(members, [image], [0], shape, guide=guide, guided=guided)
     expected = (probs[0, 0] > 0.5).numpy()
     np.testing.assert_array_equal(rle_decode(sub["rle_mask"].iloc[0], shape), expected)
-    plain = P.ensemble_probs(members, [image], [0], shape)
+    plain = I.ensemble_probs(members, [image], [0], shape)
     assert ((plain[0, 0] > 0.5).numpy() != expected).any()  # the filter changed the mask
     with pytest.raises(ValueError, match="both guide and guided"):
-        P.ensemble_probs(members, [image], [0], shape, guide=guide)
+        I.ensemble_probs(members, [image], [0], shape, guide=guide)
     # an interrupted guided run is not resumed without the filter (a different setting)
 
     def stop(n_done: int) -> None:

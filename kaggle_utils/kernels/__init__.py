@@ -22,7 +22,13 @@ from kaggle_utils.kernels.build import (
     kernel_metadata,
     plan_kernels,
 )
-from kaggle_utils.kernels.upload import PushError, credentials_source, push
+from kaggle_utils.kernels.cli import (
+    credentials_source,
+    kaggle_cli,
+    kaggle_credentials,
+    kaggle_submit,
+)
+from kaggle_utils.kernels.upload import PushError, push
 from kaggle_utils.kernels.validate import (
     BundleError,
     dataset_problems,
@@ -43,6 +49,9 @@ __all__ = [
     "build_kernels",
     "build_package",
     "credentials_source",
+    "kaggle_cli",
+    "kaggle_credentials",
+    "kaggle_submit",
     "dataset_problems",
     "kernel_metadata",
     "kernel_problems",

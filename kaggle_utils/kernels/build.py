@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from kaggle_utils.constants import COMPETITION
 from kaggle_utils.kernels.validate import (
     DATASET_METADATA_FILE,
     KERNEL_METADATA_FILE,
@@ -49,7 +50,6 @@ from kaggle_utils.kernels.validate import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-COMPETITION = "carvana-image-masking-challenge"
 PACKAGE_DATASET = "kaggle-utils-wheel"
 PACKAGE_DIR = "_package"
 KAGGLE_INPUT = "/kaggle/input"
@@ -192,7 +192,7 @@ def plan_kernels(
     """The kernels for one ensemble file: 01, 02, one training kernel per member and fold (04, or
     one 03 per stage with `per_stage`, each starting from the previous stage's best.pt), 05, 06."""
     from kaggle_utils.config import load_ensemble, load_member
-    from kaggle_utils.train import stage_dir_for
+    from kaggle_utils.runs import stage_dir_for
 
     ensemble_path = Path(ensemble_file).resolve()
     ens = load_ensemble(ensemble_path)
@@ -245,7 +245,7 @@ def plan_kernels(
     warnings: list[str] = []
     member_slugs: list[str] = []
     for member, path, flat in zip(members, member_paths, flat_members, strict=True):
-        weights = member.model.get("encoder_weights")
+        weights = member.model.spec().get("encoder_weights")
         kaggle_prefix = kaggle_input.rstrip("/") + "/"
         if isinstance(weights, str) and weights.startswith(kaggle_prefix):
             source = weights[len(kaggle_prefix) :].split("/")[0]

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from kaggle_utils.kernels.build import PACKAGE_DIR
+from kaggle_utils.kernels.cli import NO_CREDENTIALS, credentials_source, kaggle_cli
 from kaggle_utils.kernels.validate import (
     DATASET_METADATA_FILE,
     KERNEL_METADATA_FILE,
@@ -25,55 +24,9 @@ from kaggle_utils.kernels.validate import (
 
 __all__ = ["PushError", "credentials_source", "discover", "push_waves", "push"]
 
-NO_CREDENTIALS = (
-    "no Kaggle credentials found, nothing was uploaded. Create an API token on kaggle.com "
-    "(Settings -> API -> Create New Token) and save it as ~/.kaggle/kaggle.json (chmod 600), or "
-    "export KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN)."
-)
-
 
 class PushError(RuntimeError):
     """A push that cannot start (invalid bundles, no credentials) or a CLI command that failed."""
-
-
-def _config_dirs() -> list[Path]:
-    """Where the kaggle CLI looks for kaggle.json (KaggleApi.config_dir)."""
-    if os.environ.get("KAGGLE_CONFIG_DIR"):
-        return [Path(os.environ["KAGGLE_CONFIG_DIR"])]
-    home = Path.home()
-    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
-    return [home / ".kaggle", xdg / "kaggle"]
-
-
-def credentials_source() -> str | None:
-    """Where the kaggle CLI would find credentials, or None (then every upload would fail)."""
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return "KAGGLE_USERNAME/KAGGLE_KEY"
-    if os.environ.get("KAGGLE_API_TOKEN"):
-        return "KAGGLE_API_TOKEN"
-    for folder in _config_dirs():
-        config = folder / "kaggle.json"
-        try:
-            data = json.loads(config.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and data.get("username") and data.get("key"):
-            return str(config)
-    kaggle_home = Path.home() / ".kaggle"
-    for name in ("access_token", "access_token.txt", "credentials.json"):
-        token = kaggle_home / name
-        if token.is_file() and token.stat().st_size > 0:
-            return str(token)
-    return None
-
-
-def kaggle_cli() -> list[str]:
-    """The kaggle CLI beside this Python (the venv's), else on PATH, else `python -m kaggle`."""
-    beside = Path(sys.executable).with_name("kaggle")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("kaggle")
-    return [found] if found else [sys.executable, "-m", "kaggle"]
 
 
 def discover(out: str | os.PathLike) -> tuple[Path | None, dict[str, Path]]:

@@ -10,7 +10,9 @@ fails with a message saying how to fix it), or a local .safetensors/.pth path (K
 
 from __future__ import annotations
 
+import functools
 import inspect
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,12 +39,17 @@ from kaggle_utils.models.wrapper import SegmentationModel
 
 __all__ = [
     "ARCHITECTURES",
+    "COMMON_KEYS",
+    "FIXED_KEYS",
+    "TUNABLE_KEYS",
     "Architecture",
     "DecoderBlock",
     "RefineNet",
     "RefineNetDecoder",
     "SegmentationModel",
     "WeightsDownloadError",
+    "allowed_extras",
+    "arch_keywords",
     "build_model",
     "load_encoder_weights",
     "read_state_dict",
@@ -118,6 +125,31 @@ def _smp_keywords(name: str) -> tuple[str, ...]:
     )
 
 
+def allowed_extras(arch: Architecture, encoder: str) -> tuple[str, ...] | None:
+    """The spec keys beyond COMMON_KEYS that `arch` takes with `encoder`; None = any, as an smp
+    arch hands unknown keys to a timm ("tu-") encoder."""
+    if arch.extras is not None:
+        return arch.extras
+    return None if encoder.startswith("tu-") else _smp_keywords(arch.name)
+
+
+@functools.cache
+def arch_keywords(name: str) -> dict[str, tuple[Any, Any]]:
+    """Extra spec keys of arch `name` -> (type annotation, default), read from the signature of
+    the class it builds, so parameter-file schemas follow the code instead of copying its lists."""
+    arch = ARCHITECTURES[name]
+    if arch.family == "refinenet":
+        cls, keys = RefineNet, TUNABLE_KEYS
+    else:
+        cls, keys = smp.MODEL_ARCHITECTURES_MAPPING[name], _smp_keywords(name)
+    params = inspect.signature(cls.__init__).parameters
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation: the builder checks the value
+        hints = {}
+    return {key: (hints.get(key, Any), params[key].default) for key in keys}
+
+
 def build_model(spec: Mapping[str, Any]) -> SegmentationModel:
     """Build the model a member's `model:` mapping describes (see module docstring)."""
     if not isinstance(spec, Mapping):
@@ -139,9 +171,7 @@ def build_model(spec: Mapping[str, Any]) -> SegmentationModel:
     in_channels = int(spec.get("in_channels", 3))
     extras = {k: v for k, v in spec.items() if k not in COMMON_KEYS}
 
-    allowed = arch.extras
-    if allowed is None and not encoder.startswith("tu-"):
-        allowed = _smp_keywords(arch.name)
+    allowed = allowed_extras(arch, encoder)
     if allowed is not None:
         for key in extras:
             if arch.family == "refinenet" and key in FIXED_KEYS:

@@ -1,0 +1,167 @@
+"""Callbacks that write a stage's run folder (rank 0 only; every write atomic).
+
+    best.pt       BestCheckpoint   the evaluation weights whenever validation Dice improves
+    history.csv   LastCheckpoint   one row per epoch, then last.pt (the TrainState, fabric.save)
+    oof/, oof.csv OOFWriter        the best weights' validation probabilities and per-image Dice
+    curves.png, worst.png  Figures
+    metrics.json  MetricsJson      last: its presence (with the params hash) marks the stage done
+
+A kill at any moment leaves whole files only; re-running resumes from last.pt.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pandas as pd
+
+from kaggle_utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from kaggle_utils.checkpoint import save_checkpoint
+from kaggle_utils.engine.validation import ValResult
+
+__all__ = ["BestCheckpoint", "Figures", "LastCheckpoint", "MetricsJson", "OOFWriter"]
+
+
+class BestCheckpoint:
+    """best.pt: the evaluation weights (EMA when on) at the best validation Dice so far."""
+
+    def __init__(self, path: Path, model_spec: dict, size: tuple[int, int], meta: dict):
+        self.path, self.model_spec, self.size, self.meta = path, model_spec, size, meta
+
+    def on_validation_end(self, engine: Any, epoch: int, result: ValResult) -> None:
+        state = engine.state
+        if not result.dice > state.best_dice:
+            return
+        state.best_dice, state.best_epoch = result.dice, epoch + 1
+        if engine.fabric.is_global_zero:
+            save_checkpoint(
+                self.path,
+                state.eval_model,
+                model_spec=self.model_spec,
+                size=self.size,
+                epoch=epoch,
+                extra={**self.meta, "dice": result.dice, "val_loss": result.loss},
+            )
+        engine.fabric.barrier()
+
+
+class LastCheckpoint:
+    """history.csv and last.pt after every epoch: what a killed or time-limited stage resumes."""
+
+    def __init__(self, stage_dir: Path, meta: dict):
+        self.stage_dir, self.meta = stage_dir, meta
+
+    @property
+    def path(self) -> Path:
+        return self.stage_dir / "last.pt"
+
+    def on_fit_start(self, engine: Any) -> None:
+        if engine.fabric.is_global_zero:  # a kill during an earlier save left its temp file
+            for stale in self.stage_dir.glob(".last.pt.*.tmp"):
+                stale.unlink(missing_ok=True)
+
+    def on_train_epoch_end(self, engine: Any) -> None:
+        fabric, history = engine.fabric, engine.state.history
+        if fabric.is_global_zero:
+            atomic_write_text(
+                self.stage_dir / "history.csv", pd.DataFrame(history).to_csv(index=False)
+            )
+        tmp = self.stage_dir / f".last.pt.{os.getpid()}.tmp"
+        tmp = Path(fabric.broadcast(str(tmp)))  # rank 0 writes; every rank must call save
+        fabric.save(tmp, {"state": engine.state, **self.meta})
+        if fabric.is_global_zero:
+            os.replace(tmp, self.path)
+        fabric.barrier()
+
+
+class OOFWriter:
+    """The best weights' validation probabilities (oof/<id>.png, uint8) and oof.csv.
+
+    When the best epoch was the last, its kept probabilities are used; otherwise best.pt is
+    scored once more (by every rank: the validation is sharded).
+    """
+
+    def __init__(self, stage_dir: Path, best_pt: Path, val_index: pd.DataFrame):
+        self.stage_dir, self.best_pt, self.val_index = stage_dir, best_pt, val_index
+
+    def on_fit_end(self, engine: Any) -> None:
+        result = engine.last_val
+        if result is None or engine.state.best_epoch != engine.state.epoch or not result.probs:
+            result = engine.validator(_load_best(self.best_pt, engine), keep_probs=True)
+        columns = ["id", "car", "angle"]
+        result.per_image = result.per_image.merge(self.val_index[columns], on="id", how="left")
+        engine.best_result = result
+        if not engine.fabric.is_global_zero:
+            return
+        oof_dir = self.stage_dir / "oof"
+        oof_dir.mkdir(exist_ok=True)
+        for image_id, prob in result.probs.items():
+            _, png = cv2.imencode(".png", prob)
+            atomic_write_bytes(oof_dir / f"{image_id}.png", png.tobytes())
+        atomic_write_text(self.stage_dir / "oof.csv", result.per_image.to_csv(index=False))
+
+
+def _load_best(best_pt: Path, engine: Any) -> Any:
+    import torch
+
+    from kaggle_utils.checkpoint import load_member_model
+
+    model, _ = load_member_model(best_pt, device=engine.fabric.device)
+    if engine.plan.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+class Figures:
+    """curves.png (loss, Dice, LR by epoch) and worst.png (the worst validation images)."""
+
+    def __init__(self, stage_dir: Path, data: Any, masks: Any, threshold: float, title: str):
+        self.stage_dir, self.data, self.masks = stage_dir, data, masks
+        self.threshold, self.title = threshold, title
+
+    def on_fit_end(self, engine: Any) -> None:
+        if not engine.fabric.is_global_zero:
+            return
+        from kaggle_utils import plots
+
+        history = pd.DataFrame(engine.state.history)
+        plots.save_figure(
+            plots.learning_curve(history, title=self.title), self.stage_dir / "curves.png"
+        )
+        result = engine.best_result
+        figure = plots.worst_images(
+            self.data, result.per_image, result.probs, self.masks, n=6, threshold=self.threshold
+        )
+        plots.save_figure(figure, self.stage_dir / "worst.png")
+
+
+class MetricsJson:
+    """metrics.json, written last: the stage's summary, and the mark that it is finished."""
+
+    def __init__(self, stage_dir: Path, fields: dict[str, Any]):
+        self.stage_dir, self.fields = stage_dir, fields
+
+    def on_fit_end(self, engine: Any) -> None:
+        state, result = engine.state, engine.best_result
+        resumed = state.resumed_from
+        metrics = {
+            **self.fields,
+            "best_dice": result.dice,
+            "best_epoch": state.best_epoch,
+            "val_loss": result.loss,
+            "time_s": round(state.elapsed_s, 1),
+            "images_per_s": (
+                round(engine.train_images / engine.train_seconds, 2)
+                if engine.train_seconds
+                else None
+            ),
+            "resumed_from_epoch": resumed,
+            "epochs_run_here": len(state.history) - (resumed or 0),
+        }
+        engine.metrics = metrics
+        if engine.fabric.is_global_zero:
+            atomic_write_json(self.stage_dir / "metrics.json", metrics)
+        engine.fabric.barrier()

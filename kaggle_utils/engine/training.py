@@ -1,0 +1,318 @@
+"""`train_stage`: build the Fabric, data, model, optimizer and callbacks of a stage, then fit.
+
+What every stage leaves in `<run_dir>/<member>/<stage>/` (the run-folder contract 04, 05, 06 and
+the Kaggle kernels read): params.json, history.csv, last.pt, best.pt, oof/, oof.csv, curves.png,
+worst.png, metrics.json, logs/ (Fabric's CSV logger; TensorBoard when installed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from kaggle_utils.atomic import atomic_write_json
+from kaggle_utils.engine import artefacts, callbacks
+from kaggle_utils.engine.loop import Engine, FitPlan, seed_everything
+from kaggle_utils.engine.sampler import GlobalBatchSampler
+from kaggle_utils.engine.stage import StageRun, build_stage_model
+from kaggle_utils.engine.state import STATE_FORMAT, TrainState
+from kaggle_utils.engine.validation import Validator
+
+__all__ = ["distributed_env", "train_stage"]
+
+
+def distributed_env() -> tuple[int, int]:
+    """(rank, world size) as torchrun set them for this process; (0, 1) when not launched so."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def train_stage(
+    run: StageRun,
+    model: torch.nn.Module | None = None,
+    *,
+    progress: bool = True,
+    extra_callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Train (or resume, or skip) the stage and return its metrics.json content.
+
+    Args:
+        run: from `prepare_stage`.
+        model: the network to train (default: `build_stage_model(run)`).
+        progress: a tqdm bar per epoch.
+        extra_callbacks: run before the built-in ones at every hook (e.g. `callbacks.LossHook`).
+    """
+    if run.status() == "finished":
+        metrics = json.loads((run.stage_dir / "metrics.json").read_text())
+        print(
+            f"stage {run.stage_name} already finished (best Dice {metrics['best_dice']:.5f}); skipped"
+        )
+        return {**metrics, "skipped": True}
+    rank, world = distributed_env()
+    _check_launch(run, world)
+    if rank == 0:
+        run.stage_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run.stage_dir / "params.json", _params_record(run))
+    if run.device.type == "cpu":
+        from kaggle_utils.allocator import keep_freed_memory
+
+        keep_freed_memory()  # no page faults through every activation each step
+    setup = _StageSetup(run, rank, world)
+    seed_everything(run.member.seed)
+    model = model if model is not None else build_stage_model(run)
+    engine = setup.engine(model, progress, extra_callbacks)
+    engine.fit()
+    if rank == 0:
+        print(
+            f"{run.member.name} {run.stage_name}: best val Dice {engine.metrics['best_dice']:.5f} "
+            f"(epoch {engine.state.best_epoch}, {setup.masks.label}) in "
+            f"{engine.state.elapsed_s:.0f} s -> {run.stage_dir}",
+            flush=True,
+        )
+    return engine.metrics
+
+
+def _check_launch(run: StageRun, world: int) -> None:
+    if world != run.world_size:
+        raise RuntimeError(
+            f"{run.member_file}: {run.devices} device(s) x {run.num_nodes} node(s) asked for, but "
+            f"this process was launched as 1 of {world}. Several devices run through torchrun: "
+            "`python -m kaggle_utils.train MEMBER --devices N` (or engine.launch.run_stage_ddp "
+            "from a notebook) starts it."
+        )
+
+
+def _params_record(run: StageRun) -> dict[str, Any]:
+    return {
+        "member_file": str(run.member_file),
+        "member": run.member.model_dump(mode="json"),
+        "stage": run.stage,
+        "stage_name": run.stage_name,
+        "fold": run.fold,
+        "overrides": run.overrides,
+        "init_checkpoint": str(run.init_checkpoint) if run.init_checkpoint else None,
+        "split": run.split_source,
+        "params_hash": run.params_hash,
+        "val_ids": list(run.val_index["id"]),
+        "devices": run.devices,
+        "num_nodes": run.num_nodes,
+    }
+
+
+class _StageSetup:
+    """The pieces of one stage, built in order: precision, data, loaders, callbacks, engine."""
+
+    def __init__(self, run: StageRun, rank: int, world: int):
+        from kaggle_utils.precision import precision_for
+
+        self.run, self.rank, self.world = run, rank, world
+        member = run.member
+        self.precision = precision_for(run.device, member.amp, member.cpu_bf16)
+        if run.device.type == "cpu" and member.cpu_bf16 and self.precision == "32-true":
+            print("cpu_bf16: this CPU has no bf16 units (AMX / AVX512-BF16): fp32", flush=True)
+        # channels_last pays with AMP (CUDA tensor cores, CPU AMX), and costs in fp32 on the CPU
+        auto_cl = run.device.type == "cuda" or self.precision != "32-true"
+        cl = member.channels_last
+        self.channels_last = auto_cl if cl == "auto" else bool(cl)
+        if run.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self._build_data()
+
+    def _build_data(self) -> None:
+        from kaggle_utils.dataset import ValidationMasks, build_datasets
+
+        run, member = self.run, self.run.member
+        started = time.perf_counter()
+        self.val_ids = [str(i) for i in run.val_index["id"]]
+        my_val = run.val_index.iloc[self.rank :: self.world]
+        self.train_ds, self.val_ds = build_datasets(
+            run.data, member, run.train_index, my_val, run.size
+        )
+        gf = member.guided_filter
+        ids = self.val_ids if self.rank == 0 else [str(i) for i in my_val["id"]]
+        self.masks = ValidationMasks(
+            run.data, ids, member.val_full_res, run.size, gf.scale if gf else None
+        )
+        if self.rank == 0:
+            print(
+                f"data ready in {time.perf_counter() - started:.1f} s (cache={member.cache}, "
+                f"Dice at {self.masks.label})",
+                flush=True,
+            )
+
+    def loaders(self) -> tuple[DataLoader, DataLoader]:
+        run, member = self.run, self.run.member
+        batch = member.stage_batch_size(run.stage)
+        sampler = GlobalBatchSampler(
+            len(self.train_ds),
+            batch,
+            self.rank,
+            self.world,
+            member.seed,
+            len(self.train_ds) > batch,
+        )
+        pin = run.device.type == "cuda"
+        workers = member.num_workers
+        train = DataLoader(
+            self.train_ds, batch_sampler=sampler, num_workers=workers, pin_memory=pin
+        )
+        val = DataLoader(
+            self.val_ds, batch_size=batch // self.world, num_workers=workers, pin_memory=pin
+        )
+        return train, val
+
+    def meta(self) -> dict[str, Any]:
+        run, member = self.run, self.run.member
+        gf = member.guided_filter
+        return {
+            "member": member.name,
+            "stage": run.stage,
+            "stage_name": run.stage_name,
+            "fold": run.fold,
+            "params_hash": run.params_hash,
+            "threshold": member.threshold,
+            "largest_component": member.largest_component,
+            "val_tta": member.val_tta,
+            "guided_filter": gf.model_dump() if gf else None,
+        }
+
+    def metrics_fields(self) -> dict[str, Any]:
+        run, member = self.run, self.run.member
+        amp = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}.get(self.precision, "fp32")
+        return {
+            **self.meta(),
+            "size": list(run.size),
+            "dice_resolution": self.masks.label,
+            "epochs": member.stages[run.stage].epochs,
+            "n_train": len(run.train_index),
+            "n_val": len(run.val_index),
+            "val_cars": int(run.val_index["car"].nunique()),
+            "device": str(run.device),
+            "precision": self.precision,
+            "amp": amp,
+            "channels_last": self.channels_last,
+            "devices": run.devices,
+            "num_nodes": run.num_nodes,
+            "global_batch": member.stage_batch_size(run.stage) * member.accumulate,
+            "best_checkpoint": str(run.stage_dir / "best.pt"),
+            "split": run.split_source,
+        }
+
+    def callbacks(self, progress: bool, extra: Sequence[Any]) -> list[Any]:
+        run, member = self.run, self.run.member
+        stage_dir, best_pt = run.stage_dir, run.stage_dir / "best.pt"
+        where = f"{run.member_file} stage {run.stage_name}"
+        return [
+            *extra,
+            callbacks.NonFiniteLossGuard(where, stage_dir / "last.pt"),
+            callbacks.EMAUpdate(),
+            callbacks.ProgressBar(progress),
+            artefacts.BestCheckpoint(best_pt, member.model.spec(), run.size, self.meta()),
+            artefacts.LastCheckpoint(stage_dir, self.meta()),
+            callbacks.EpochPrinter(),
+            callbacks.FabricLoggers(),
+            artefacts.OOFWriter(stage_dir, best_pt, run.val_index),
+            artefacts.Figures(
+                stage_dir, run.data, self.masks, member.threshold, f"{member.name} {run.stage_name}"
+            ),
+            artefacts.MetricsJson(stage_dir, self.metrics_fields()),
+        ]
+
+    def fabric(self, callback_list: list[Any]) -> Any:
+        from lightning_fabric import Fabric
+
+        run = self.run
+        cuda = run.device.type == "cuda"
+        devices: Any = run.devices
+        if cuda and run.device.index is not None and run.world_size == 1:
+            devices = [run.device.index]
+        fabric = Fabric(
+            accelerator="cuda" if cuda else "cpu",
+            devices=devices,
+            num_nodes=run.num_nodes,
+            strategy="ddp" if run.world_size > 1 else "auto",
+            precision=self.precision,
+            callbacks=callback_list,
+            loggers=callbacks.make_loggers(run.stage_dir) if self.rank == 0 else [],
+        )
+        fabric.launch()
+        return fabric
+
+    def engine(self, model: torch.nn.Module, progress: bool, extra: Sequence[Any]) -> Engine:
+        from kaggle_utils.losses import build_loss
+        from kaggle_utils.optim import ModelEMA, build_optimizer, build_scheduler
+
+        run, member = self.run, self.run.member
+        fabric = self.fabric(self.callbacks(progress, extra))
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        model = model.to(fabric.device, memory_format=fmt)
+        train_loader, val_loader = self.loaders()
+        optimizer = build_optimizer(model, member, member.stage_lr(run.stage))
+        steps = math.ceil(len(train_loader) / member.accumulate)
+        scheduler = build_scheduler(optimizer, member, run.stage, steps)
+        ema = ModelEMA(model, member.ema.decay, member.ema.warmup_steps) if member.ema else None
+        module, fabric_optimizer = fabric.setup(model, optimizer)
+        state = TrainState(model, optimizer, scheduler, ema, fabric.strategy.precision)
+        _resume(fabric, state, run)
+        loss_spec = member.loss.spec()
+        loss_fn = build_loss(loss_spec).to(fabric.device)
+        val_loss = build_loss({k: v for k, v in loss_spec.items() if k != "aux_weight"})
+        validator = Validator(
+            val_loader,
+            val_loss.to(fabric.device),
+            self.masks,
+            fabric.device,
+            self.val_ids,
+            precision=self.precision,
+            channels_last=self.channels_last,
+            threshold=member.threshold,
+            largest_component=member.largest_component,
+            tta=member.val_tta,
+            guided=member.guided_filter,
+        )
+        plan = FitPlan(
+            epochs=member.stages[run.stage].epochs,
+            accumulate=member.accumulate,
+            val_every=member.val_every,
+            grad_clip=member.optimizer.grad_clip,
+            seed=member.seed,
+            channels_last=self.channels_last,
+            label=run.stage_name,
+        )
+        return Engine(
+            fabric, state, module, fabric_optimizer, train_loader, validator, loss_fn, plan, run
+        )
+
+
+def _resume(fabric: Any, state: TrainState, run: StageRun) -> None:
+    """Continue from last.pt when it holds this stage's state with the same parameters."""
+    last_pt = run.stage_dir / "last.pt"
+    if not last_pt.is_file():
+        return
+    try:
+        ckpt = fabric.load(last_pt)
+    except Exception as exc:  # torch raises several kinds for truncated files
+        raise RuntimeError(
+            f"{last_pt} cannot be read ({type(exc).__name__}: {exc}); delete it to start the "
+            "stage afresh"
+        ) from exc
+    saved = ckpt.get("state") if isinstance(ckpt, dict) else None
+    if (
+        ckpt.get("params_hash") != run.params_hash
+        or not saved
+        or saved.get("format") != STATE_FORMAT
+    ):
+        print(f"{last_pt} was written with other parameters; starting the stage afresh", flush=True)
+        return
+    state.load_state_dict(saved)
+    epochs = run.member.stages[run.stage].epochs
+    if fabric.is_global_zero:
+        print(
+            f"resuming {run.stage_name} from {last_pt} at epoch {state.epoch}/{epochs}", flush=True
+        )
