@@ -1,8 +1,10 @@
 """Import contracts of kaggle_utils, read from the source (ast), not by importing it.
 
-Today's contract: 05's `ensemble` and 06's `predict` share `inference` and never import each other,
-directly or through another module (a cycle between them is how two inference paths grew). The
-helpers are general so that further layer rules can be added beside it.
+The layer contract (docs/ARCHITECTURE.md): io < data < models < inference < train / ensemble /
+predict < pipeline / kernels; a module imports only from its own layer or below, and every module
+has a layer. 05's `ensemble` and 06's `predict` share `inference` and never import each other,
+directly or through another module (a cycle between them is how two inference paths grew).
+Imports under `if TYPE_CHECKING:` never run and do not count.
 """
 
 from __future__ import annotations
@@ -22,7 +24,25 @@ def module_name(path: Path, package_dir: Path = PACKAGE) -> str:
     return ".".join(parts)
 
 
-def imports_of(module_path: str | Path, package_dir: Path = PACKAGE) -> set[str]:
+def _runtime_nodes(tree: ast.AST, top_only: bool = False):
+    """Every node that can run: not the bodies of `if TYPE_CHECKING:`; with top_only, not the
+    bodies of functions either (what importing the module runs)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                todo.extend(child.orelse)
+            elif top_only and isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            else:
+                todo.append(child)
+
+
+def imports_of(
+    module_path: str | Path, package_dir: Path = PACKAGE, top_only: bool = False
+) -> set[str]:
     """Absolute names a module imports anywhere in its body (imports inside functions count: they
     run too). `import a.b` gives a.b; `from a import b` gives a and a.b (b may be a submodule);
     relative imports are resolved against the module's own package."""
@@ -30,7 +50,7 @@ def imports_of(module_path: str | Path, package_dir: Path = PACKAGE) -> set[str]
     name = module_name(path, package_dir)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path)), top_only):
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -43,14 +63,17 @@ def imports_of(module_path: str | Path, package_dir: Path = PACKAGE) -> set[str]
     return out
 
 
-def import_graph(package_dir: Path = PACKAGE) -> dict[str, set[str]]:
+def import_graph(
+    package_dir: Path = PACKAGE, top_only: frozenset[str] = frozenset()
+) -> dict[str, set[str]]:
     """Module -> the package's modules it imports directly (an imported attribute counts as its
-    module; importing a submodule runs its parent packages' __init__ too)."""
+    module; importing a submodule runs its parent packages' __init__ too). Modules named in
+    top_only count only the imports that importing them runs."""
     files = {module_name(p, package_dir): p for p in sorted(package_dir.rglob("*.py"))}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         deps: set[str] = set()
-        for imported in imports_of(path, package_dir):
+        for imported in imports_of(path, package_dir, name in top_only):
             while imported and imported not in files:
                 imported = imported.rpartition(".")[0]
             while imported:
@@ -120,3 +143,55 @@ def test_ensemble_and_predict_never_import_each_other(graph):
         if _in(m, "kaggle_utils.ensemble") or _in(m, "kaggle_utils.predict")
     }
     assert not bad, f"kaggle_utils.inference imports {bad}: it is the layer below both"
+
+
+LAYERS = {
+    "io": "constants atomic environment allocator config imageio rle rle_kernel layout index synthetic",
+    "data": "dataset augment folds eda",
+    "models": "models losses metrics refine postprocess checkpoint optim precision runs",
+    "inference": "inference",
+    "train / ensemble / predict": "engine train ensemble predict submission plots widgets",
+    "pipeline / kernels": "pipeline kernels notebook",
+}
+# config validates member files against the registries of models, losses and augment, importing
+# them inside the validating functions (a lookup, not a dependency of the schema module itself)
+LOOKUPS_AT_VALIDATION = frozenset({"kaggle_utils.config"})
+
+
+def layer_of(module: str) -> int | None:
+    """Index of the layer of `kaggle_utils.X[.Y]` (None for the package itself)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return None
+    for i, names in enumerate(LAYERS.values()):
+        if parts[1] in names.split():
+            return i
+    raise AssertionError(f"{module} has no layer: add it to LAYERS in {__file__}")
+
+
+def test_every_import_goes_down_the_layers():
+    graph = import_graph(top_only=LOOKUPS_AT_VALIDATION)
+    names = list(LAYERS)
+    upward = []
+    for module, deps in sorted(graph.items()):
+        here = layer_of(module)
+        for dep in sorted(deps):
+            there = layer_of(dep)
+            if here is not None and there is not None and there > here:
+                upward.append(f"{module} ({names[here]}) imports {dep} ({names[there]})")
+    assert not upward, "imports against the layers:\n" + "\n".join(upward)
+
+
+def test_the_layer_check_catches_an_upward_import(tmp_path):
+    pkg = tmp_path / "kaggle_utils"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "rle.py").write_text("from kaggle_utils import train\n")
+    (pkg / "train.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import kaggle_utils.pipeline\n"
+    )
+    (pkg / "pipeline.py").write_text("")
+    graph = import_graph(pkg)
+    assert "kaggle_utils.train" in graph["kaggle_utils.rle"]
+    assert layer_of("kaggle_utils.train") > layer_of("kaggle_utils.rle")
+    assert "kaggle_utils.pipeline" not in graph["kaggle_utils.train"]  # never runs
