@@ -106,6 +106,7 @@ def _checkout(rev: str, dest: Path) -> Path:
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", rev, "kaggle_utils"], check=True, capture_output=True
     ).stdout
+    dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 

@@ -239,7 +239,7 @@ class ValidationMasks:
         size: tuple[int, int],
         guide_scale: int | None = None,
     ):
-        from kaggle_utils.refine import load_guide
+        from kaggle_utils.imageio import load_guide
 
         self.ids = ids
         self.shape: tuple[int, int] | None = None
@@ -275,10 +275,10 @@ class ValidationMasks:
         return torch.from_numpy(arr)
 
     def guide(self, ids: list[str]) -> torch.Tensor:
-        """Gray guides (N,1,h,w) in [0, 1] for ``refine.guided_upsample``."""
-        from kaggle_utils.refine import to_guide
-
-        return to_guide(torch.from_numpy(np.stack([self.guides[i] for i in ids])[:, None]))
+        """Gray guides (N,1,h,w) in [0, 1] for ``refine.guided_upsample`` (what ``refine.to_guide``
+        makes of gray uint8 guides; the data layer does not import refine)."""
+        gray = torch.from_numpy(np.stack([self.guides[i] for i in ids])[:, None])
+        return gray.float() / 255.0
 
     @property
     def label(self) -> str:

@@ -10,6 +10,8 @@ reduced image), then ``cv2.resize`` (INTER_AREA) to exactly the requested (H, W)
 from __future__ import annotations
 
 import io
+import math
+from typing import Any
 
 import cv2
 import numpy as np
@@ -151,3 +153,27 @@ def encode_mask_gif(mask: np.ndarray) -> bytes:
     out = io.BytesIO()
     im.save(out, format="GIF", optimize=False)
     return out.getvalue()
+
+
+# ---------------------------------------------------------------- the photo as guide (refine)
+
+GUIDE_SCALES = (1, 2, 4, 8)  # libjpeg decodes at these fractions without a resize
+
+
+def guide_shape(full_shape: tuple[int, int], scale: int) -> tuple[int, int]:
+    """(H, W) of the guide for a photo of ``full_shape``: what libjpeg's 1/scale decode gives."""
+    if scale not in GUIDE_SCALES:
+        raise ValueError(f"guide scale {scale} must be one of {GUIDE_SCALES}")
+    return math.ceil(full_shape[0] / scale), math.ceil(full_shape[1] / scale)
+
+
+def gray_guide(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> the guide as it is stored and passed around: gray uint8 (H, W)."""
+    return rgb.mean(-1).round().astype(np.uint8)
+
+
+def load_guide(
+    data: Any, image_id: str, full_shape: tuple[int, int], scale: int, **kw: Any
+) -> np.ndarray:
+    """The gray guide of one photo of a dataset (``layout``): its 1/scale reduced decode."""
+    return gray_guide(data.load_image(image_id, size=guide_shape(full_shape, scale), **kw))

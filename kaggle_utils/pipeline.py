@@ -236,7 +236,7 @@ def summarize(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = N
 
 def _image_shape(data_dir: Path) -> tuple[int, int]:
     from kaggle_utils.layout import find_data
-    from kaggle_utils.predict import image_shape
+    from kaggle_utils.testset import image_shape
 
     data = find_data(data_dir)
     return image_shape(data.test, data.test.names()[0])

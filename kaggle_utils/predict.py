@@ -6,13 +6,13 @@ the test JPEGs (folder or zip, in place), the model(s) run on the device through
 probabilities are averaged and upsampled to the full frame on the device, thresholded, and the
 uint8 masks go to `submission.SubmissionWriter` from a background thread (RLE encode overlaps the
 next batch's inference; the writer's own threads compress), whose chunk files make an interrupted
-run resumable. The finished file is validated before it is declared done.
+run resumable (`submit_resume` refuses another ensemble's parts). The finished file is validated
+before it is declared done. The test images themselves: `testset`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from kaggle_utils.config import GuidedFilterConfig
 from kaggle_utils.constants import MASK_SHAPE
+from kaggle_utils.imageio import guide_shape
 from kaggle_utils.inference import (
     Member,
     binarize,
@@ -35,10 +36,12 @@ from kaggle_utils.inference import (
     pick_device,
 )
 from kaggle_utils.precision import precision_for
-from kaggle_utils.refine import gray_guide, guide_shape, to_guide
+from kaggle_utils.refine import to_guide
+from kaggle_utils.submit_resume import check_resume, resume_settings, save_fingerprint
+from kaggle_utils.testset import TestImages, ids_to_predict, image_shape
 
 # --------------------------------------------------------------------------------------------------
-# settings and images
+# settings
 
 
 def submit_settings(spec: dict, cfg: Any = None) -> dict[str, Any]:
@@ -58,108 +61,6 @@ def submit_settings(spec: dict, cfg: Any = None) -> dict[str, Any]:
         "largest_component": bool(pick("largest_component", False)),
         "guided": pick("guided_filter", None),  # a dict from 05, a GuidedFilterConfig from cfg
     }
-
-
-class TestImages(Dataset):
-    """Test JPEGs from a FileStore, decoded once per distinct member size (uint8 CHW tensors).
-
-    Workers decode (libjpeg DCT-scaled where the size allows); normalisation happens on the device so
-    the worker-to-main transfer stays uint8.
-    """
-
-    def __init__(
-        self,
-        store: Any,
-        names: Sequence[str],
-        sizes: Sequence[tuple[int, int]],
-        guide_size: tuple[int, int] | None = None,
-    ):
-        self.store = store
-        self.names = list(names)
-        self.sizes = [tuple(s) for s in sizes]
-        self.guide_size = guide_size  # also a gray guide at this size (``refine``)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, i: int) -> dict:
-        from kaggle_utils.imageio import decode_jpeg_sizes
-
-        name = self.names[i]
-        data = self.store.read_bytes(name)
-        label = self.store.describe(name)
-        guide = [self.guide_size] if self.guide_size is not None else []
-        try:  # one reduced decode per libjpeg scale, shared by the members and the guide
-            images = decode_jpeg_sizes(data, [*self.sizes, *guide], name=label)
-        except Exception as exc:
-            raise ValueError(f"cannot decode test image {label}: {exc}") from exc
-        out: dict[str, Any] = {"index": i}
-        for k, img in enumerate(images[: len(self.sizes)]):
-            out[f"image{k}"] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        if guide:
-            out["guide"] = torch.from_numpy(gray_guide(images[-1])[None])
-        return out
-
-
-def image_shape(store: Any, name: str) -> tuple[int, int]:
-    """Full (H, W) of one test image from its JPEG header (the shape the masks must have)."""
-    from kaggle_utils.imageio import jpeg_size
-
-    label = store.describe(name)
-    try:
-        return tuple(jpeg_size(store.read_bytes(name), label))  # type: ignore[return-value]
-    except ValueError as exc:
-        raise ValueError(f"cannot read test image {label}: {exc}") from exc
-
-
-def select_ids(
-    sample_ids: Sequence[str], available: Sequence[str] | set, limit: Any = None
-) -> list[str]:
-    """Which sample-submission ids to predict, in sample order.
-
-    limit=None: every id (ids missing from the test store fail, naming how many and a few);
-    limit="available": only ids present in the test store (a partial run, e.g. the real sample's 33);
-    limit=N (int): the first N of the ids present in the test store;
-    limit=[ids...]: exactly those ids (each must be in the sample submission and the test store).
-    """
-    have = set(available)
-    if limit is None:
-        missing = [i for i in sample_ids if i not in have]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(sample_ids)} sample_submission ids are missing from the test "
-                f"images (e.g. {', '.join(missing[:5])}); pass limit='available' (or an int / a list "
-                "of ids) for a partial run"
-            )
-        return list(sample_ids)
-    if isinstance(limit, str):
-        if limit != "available":
-            raise ValueError(f"limit={limit!r}: use None, 'available', an int, or a list of ids")
-        chosen = [i for i in sample_ids if i in have]
-    elif isinstance(limit, (int, np.integer)) and not isinstance(limit, bool):
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        chosen = [i for i in sample_ids if i in have][: int(limit)]
-    else:
-        wanted = [str(i) for i in limit]
-        known = set(sample_ids)
-        unknown = [i for i in wanted if i not in known]
-        if unknown:
-            raise ValueError(
-                f"{len(unknown)} requested ids are not in sample_submission.csv "
-                f"(e.g. {', '.join(unknown[:5])})"
-            )
-        missing = [i for i in wanted if i not in have]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} requested ids are missing from the test images "
-                f"(e.g. {', '.join(missing[:5])})"
-            )
-        wanted_set = set(wanted)
-        chosen = [i for i in sample_ids if i in wanted_set]
-    if not chosen:
-        raise FileNotFoundError("no sample_submission id is present in the test images")
-    return chosen
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,53 +111,6 @@ class _Encoder:
             raise self.error
 
 
-def _fingerprint(members: Sequence[Member], **settings: Any) -> dict:
-    return {
-        "members": [
-            {
-                "checkpoint": str(Path(m.checkpoint).resolve()),
-                "weight": round(m.weight, 6),
-                "size": list(m.size),
-            }  # fmt: skip
-            for m in members
-        ],
-        **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in settings.items()},
-    }
-
-
-def _fingerprint_path(out_path: Path) -> Path:
-    return out_path.with_name(out_path.name + ".parts") / "predict.json"
-
-
-def _check_resume(
-    out_path: Path, members: Sequence[Member], restart: bool, **settings: Any
-) -> None:
-    """Refuse to resume parts that another ensemble wrote (or drop them when restart)."""
-    import json
-
-    parts = out_path.with_name(out_path.name + ".parts")
-    if not parts.is_dir():
-        return
-    if restart:
-        shutil.rmtree(parts)
-        return
-    path = _fingerprint_path(out_path)
-    old = json.loads(path.read_text()) if path.is_file() else None
-    if old is not None and old != _fingerprint(members, **settings):
-        raise ValueError(
-            f"{parts} holds parts of an interrupted run with other members or settings "
-            f"({old}); delete that folder or pass restart=True"
-        )
-
-
-def _save_fingerprint(out_path: Path, members: Sequence[Member], **settings: Any) -> None:
-    import json
-
-    from kaggle_utils.atomic import atomic_write_text
-
-    atomic_write_text(_fingerprint_path(out_path), json.dumps(_fingerprint(members, **settings)))
-
-
 @dataclass
 class PredictResult:
     path: Path
@@ -292,8 +146,9 @@ def predict_submission(
 ) -> PredictResult:
     """Predict every selected test image and write a validated `submission.csv.gz` (resumable).
 
-    data: a `layout.CompetitionData`. limit: see `select_ids`. on_batch(n_done) is called after each
-    batch is handed to the writer (progress hooks; tests use it to interrupt a run for real).
+    data: a `layout.CompetitionData`. limit: see `testset.select_ids`. on_batch(n_done) is
+    called after each batch is handed to the writer (progress hooks; tests use it to interrupt a
+    run for real).
     amp: mixed precision on CUDA (None: on; bf16 where the GPU has it, else fp16, as
     `precision.precision_for` decides for training); the CPU predicts in fp32.
     chunk_size: rows per resumable part; encode_workers: compression threads of the writer;
@@ -308,19 +163,19 @@ def predict_submission(
     if not members:
         raise ValueError("predict_submission needs at least one member")
     dev = pick_device(device)
-    store, ids = _test_ids(data, hq, limit)
+    store, ids = ids_to_predict(data, hq, limit)
     out_shape = image_shape(store, ids[0])  # MASK_SHAPE on Kaggle; smaller synthetic sets differ
     guided = GuidedFilterConfig.model_validate(guided) if guided is not None else None
     precision = precision_for(dev, amp=amp is None or bool(amp))  # None: mixed on CUDA
     plan = _Plan(members, dev, out_shape, tta, mode, threshold, guided, precision)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    settings = _settings(tta, mode, threshold, largest_component, guided)
-    _check_resume(out_path, members, **settings, restart=restart)
+    settings = resume_settings(tta, mode, threshold, largest_component, guided)
+    check_resume(out_path, members, **settings, restart=restart)
     writer = SubmissionWriter(
         out_path, ids, chunk_size=chunk_size, shape=out_shape, workers=encode_workers
     )
-    _save_fingerprint(out_path, members, **settings)
+    save_fingerprint(out_path, members, **settings)
     todo = writer.pending_ids()
     done = len(ids) - len(todo)
     if done:
@@ -354,36 +209,6 @@ def predict_submission(
         flush=True,
     )
     return PredictResult(out_path, len(ids), seconds, rate, out_shape, done)
-
-
-def _test_ids(data: Any, hq: bool, limit: Any) -> tuple[Any, list[str]]:
-    """The test store and the sample-submission ids to predict from it."""
-    store = data.test_hq if hq else data.test
-    if store is None:
-        raise FileNotFoundError(
-            f"no {'test_hq' if hq else 'test'} images (folder or zip) under {data.root}"
-        )
-    sample = data.read_csv("sample_submission")
-    if "img" not in sample.columns:
-        raise ValueError(f"sample_submission.csv under {data.root} has no 'img' column")
-    return store, select_ids(sample["img"].astype(str).tolist(), store.names(), limit)
-
-
-def _settings(
-    tta: bool,
-    mode: str,
-    threshold: float,
-    largest_component: bool,
-    guided: GuidedFilterConfig | None,
-) -> dict[str, Any]:
-    """What the resume fingerprint records; optional settings only when on, so earlier runs'
-    fingerprints stay valid."""
-    settings: dict[str, Any] = {"tta": tta, "mode": mode, "threshold": threshold}
-    if largest_component:
-        settings["largest_component"] = True
-    if guided is not None:
-        settings["guided_filter"] = guided.model_dump()
-    return settings
 
 
 def _cpu_setup(dev: torch.device, workers: int, cpu_threads: int | None) -> None:

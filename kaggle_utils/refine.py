@@ -5,7 +5,7 @@ pixels at 1280x1918); nearly all of its full-resolution error lies in that band.
 knows where the edge is: a guided filter (He, Sun & Tang, 2010) fits the upsampled probability,
 in each small window, as a linear function of the guide's brightness, so the 0.5 level moves onto
 the image's edges. The guide is the JPEG decoded at 1/4 size (libjpeg's DCT scaling: a few ms),
-in grayscale. On the real sample (12 validation cars, a 128x192 ResNet-18 member) this lifted
+in grayscale (`imageio.load_guide`). On the real sample (12 validation cars, a 128x192 ResNet-18 member) this lifted
 full-resolution Dice from 0.9859 to 0.9870 for ~10 ms per image on one CPU core; guides at 1/2
 size gain a little more (0.9871) at four times the cost.
 
@@ -15,8 +15,6 @@ Everything is torch, so 06 runs it on the GPU next to the model.
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any
 
 import cv2
 import numpy as np
@@ -24,34 +22,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "GUIDE_SCALES",
     "box_filter",
-    "guide_shape",
     "guided_filter",
     "guided_upsample",
     "to_guide",
 ]
-
-GUIDE_SCALES = (1, 2, 4, 8)  # libjpeg decodes at these fractions without a resize
-
-
-def guide_shape(full_shape: tuple[int, int], scale: int) -> tuple[int, int]:
-    """(H, W) of the guide for a photo of ``full_shape``: what libjpeg's 1/scale decode gives."""
-    if scale not in GUIDE_SCALES:
-        raise ValueError(f"guide scale {scale} must be one of {GUIDE_SCALES}")
-    return math.ceil(full_shape[0] / scale), math.ceil(full_shape[1] / scale)
-
-
-def gray_guide(rgb: np.ndarray) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> the guide as it is stored and passed around: gray uint8 (H, W)."""
-    return rgb.mean(-1).round().astype(np.uint8)
-
-
-def load_guide(
-    data: Any, image_id: str, full_shape: tuple[int, int], scale: int, **kw: Any
-) -> np.ndarray:
-    """The gray guide of one photo of a dataset (``layout``): its 1/scale reduced decode."""
-    return gray_guide(data.load_image(image_id, size=guide_shape(full_shape, scale), **kw))
 
 
 def to_guide(images: torch.Tensor) -> torch.Tensor:

@@ -172,8 +172,9 @@ def test_submitted_score_upsamples_through_the_guided_filter(oof, data):
     guided = E.submitted_score(oof, [0.5, 0.5], guided_filter=gf)
     assert guided["dice"].mean() > plain["dice"].mean() + 1e-3
     from kaggle_utils.config import GuidedFilterConfig
+    from kaggle_utils.imageio import gray_guide, guide_shape
     from kaggle_utils.inference import blend_probs
-    from kaggle_utils.refine import gray_guide, guide_shape, to_guide
+    from kaggle_utils.refine import to_guide
 
     image_id = oof.ids[1]  # the same mask, built from the pieces 06 uses
     truth = data.load_mask(image_id)

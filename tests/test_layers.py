@@ -150,12 +150,12 @@ LAYERS = {
     "data": "dataset augment folds eda",
     "models": "models losses metrics refine postprocess checkpoint optim precision runs",
     "inference": "inference",
-    "train / ensemble / predict": "engine train ensemble predict submission plots widgets",
+    "train / ensemble / predict": "engine train ensemble predict testset submit_resume submission plots widgets",
     "pipeline / kernels": "pipeline kernels notebook",
 }
 # config validates member files against the registries of models, losses and augment, importing
 # them inside the validating functions (a lookup, not a dependency of the schema module itself)
-LOOKUPS_AT_VALIDATION = frozenset({"kaggle_utils.config"})
+LOOKUPS_AT_VALIDATION = frozenset({"kaggle_utils.config.specs"})
 
 
 def layer_of(module: str) -> int | None:

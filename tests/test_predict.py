@@ -16,6 +16,7 @@ from _tiny_run import tiny_checkpoint
 
 from kaggle_utils import inference as I
 from kaggle_utils import predict as P
+from kaggle_utils import testset as T
 from kaggle_utils.layout import find_data
 from kaggle_utils.rle import rle_decode, rle_encode
 
@@ -65,15 +66,15 @@ def test_missing_ids_fail_naming_count_and_examples(real_sample, members, tmp_pa
 def test_select_ids_variants():
     sample = [f"c_{i:02d}.jpg" for i in range(1, 9)]
     have = sample[2:]
-    assert P.select_ids(sample, have, "available") == have
-    assert P.select_ids(sample, have, 3) == have[:3]
-    assert P.select_ids(sample, have, ["c_05.jpg", "c_03.jpg"]) == ["c_03.jpg", "c_05.jpg"]
+    assert T.select_ids(sample, have, "available") == have
+    assert T.select_ids(sample, have, 3) == have[:3]
+    assert T.select_ids(sample, have, ["c_05.jpg", "c_03.jpg"]) == ["c_03.jpg", "c_05.jpg"]
     with pytest.raises(FileNotFoundError, match=r"2 of 8 .*c_01.jpg"):
-        P.select_ids(sample, have, None)
+        T.select_ids(sample, have, None)
     with pytest.raises(ValueError, match="not in sample_submission"):
-        P.select_ids(sample, have, ["x.jpg"])
+        T.select_ids(sample, have, ["x.jpg"])
     with pytest.raises(FileNotFoundError, match="missing from the test images"):
-        P.select_ids(sample, have, ["c_01.jpg"])
+        T.select_ids(sample, have, ["c_01.jpg"])
 
 
 @pytest.fixture
@@ -225,7 +226,7 @@ def test_largest_component_submission(small_synthetic, members, tmp_path):
     plain = _read(P.predict_submission(members, data, tmp_path / "a.csv.gz", **kw).path)
     out = tmp_path / "b.csv.gz"
     cleaned = _read(P.predict_submission(members, data, out, largest_component=True, **kw).path)
-    shape = P.image_shape(data.test, plain["img"].iloc[0])
+    shape = T.image_shape(data.test, plain["img"].iloc[0])
     changed = 0
     for raw, kept in zip(plain["rle_mask"], cleaned["rle_mask"], strict=True):
         mask = keep_largest_component(rle_decode(raw, shape))
@@ -240,7 +241,7 @@ def test_guided_submission_writes_the_guided_ensemble(small_synthetic, members, 
     """With ``guided``, each written mask is the thresholded guided ensemble of that image (the
     photo decoded at 1/4 size as guide), and a plain run's parts are not resumed by it."""
     from kaggle_utils.config import GuidedFilterConfig
-    from kaggle_utils.refine import guide_shape
+    from kaggle_utils.imageio import guide_shape
 
     data = find_data(small_synthetic)
     kw = {"batch_size": 2, "num_workers": 0, "chunk_size": 4, "progress": False, "limit": 2}
@@ -248,8 +249,8 @@ def test_guided_submission_writes_the_guided_ensemble(small_synthetic, members, 
     out = tmp_path / "g.csv.gz"
     sub = _read(P.predict_submission(members, data, out, guided=guided.model_dump(), **kw).path)
     name = sub["img"].iloc[0]
-    shape = P.image_shape(data.test, name)
-    item = P.TestImages(data.test, [name], [members[0].size], guide_shape(shape, 4))[0]
+    shape = T.image_shape(data.test, name)
+    item = T.TestImages(data.test, [name], [members[0].size], guide_shape(shape, 4))[0]
     image = I.normalise(item["image0"][None], torch.device("cpu"))
     guide = item["guide"][None].float() / 255.0
     probs = I.ensemble_probs(members, [image], [0], shape, guide=guide, guided=guided)

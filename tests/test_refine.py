@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from kaggle_utils.dataset import resize_mask
+from kaggle_utils.imageio import guide_shape
 from kaggle_utils.index import train_index
 from kaggle_utils.layout import find_data
 from kaggle_utils.metrics import full_res_dice
-from kaggle_utils.refine import guide_shape, guided_filter, guided_upsample, to_guide
+from kaggle_utils.refine import guided_filter, guided_upsample, to_guide
 
 
 def test_guide_shape_is_what_libjpeg_decodes(real_sample):

@@ -280,12 +280,13 @@ def test_guided_validation_scores_the_guided_upsampling(small_synthetic):
 
     from kaggle_utils.config import GuidedFilterConfig
     from kaggle_utils.dataset import CachedDataset, ValidationMasks
+    from kaggle_utils.imageio import guide_shape
     from kaggle_utils.index import train_index
     from kaggle_utils.layout import find_data
     from kaggle_utils.losses import build_loss
     from kaggle_utils.metrics import full_res_dice
     from kaggle_utils.models import build_model
-    from kaggle_utils.refine import guide_shape, guided_upsample, to_guide
+    from kaggle_utils.refine import guided_upsample, to_guide
 
     data = find_data(small_synthetic)
     index = train_index(data).iloc[:3]

@@ -166,7 +166,8 @@ def _submitted_mask(
     gf: Any,
 ) -> np.ndarray:
     """One image's bool mask at `shape` as 06 builds it: blend, (guided) upsample, binarise."""
-    from kaggle_utils.refine import load_guide, to_guide
+    from kaggle_utils.imageio import load_guide
+    from kaggle_utils.refine import to_guide
 
     probs = [
         torch.from_numpy(p[image_id]).to(oof.device).float()[None, None] / (BINS - 1)

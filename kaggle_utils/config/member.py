@@ -1,0 +1,194 @@
+"""One ensemble member's parameters: model, loss, optimisation and its resolution stages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import to_jsonable_python
+
+from kaggle_utils.config.specs import DEFAULT_LOSS, AugmentSpec, LossSpec, ModelConfig
+
+SIZE_MULTIPLE = 32
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def parse_size(value: Any) -> tuple[int, int]:
+    """(H, W) from "1024x1024", "1280x1792", 1024 (square) or [H, W]; sides multiples of 32."""
+    if isinstance(value, bool):
+        raise ValueError(f"size must be 'HxW', [H, W] or an int, got {value!r}")
+    if isinstance(value, int):
+        h = w = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", value)
+        if not m:
+            raise ValueError(f"size must look like 'HxW' (e.g. '1024x1024'), got {value!r}")
+        h, w = int(m.group(1)), int(m.group(2))
+    elif isinstance(value, list | tuple) and len(value) == 2:
+        try:
+            h, w = (int(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"size must hold two integers [H, W], got {value!r}") from None
+        if any(isinstance(v, float) and not float(v).is_integer() for v in value):
+            raise ValueError(f"size must hold two integers [H, W], got {value!r}")
+    else:
+        raise ValueError(f"size must be 'HxW', [H, W] or an int, got {value!r}")
+    if h <= 0 or w <= 0 or h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+        raise ValueError(
+            f"size {h}x{w}: both sides must be positive multiples of {SIZE_MULTIPLE} "
+            f"(e.g. {max(SIZE_MULTIPLE, round(h / 32) * 32)}x{max(SIZE_MULTIPLE, round(w / 32) * 32)})"
+        )
+    return h, w
+
+
+class StageConfig(_Strict):
+    """One resolution stage of a member's curriculum."""
+
+    size: tuple[int, int] = Field(description="(H, W) training size, multiples of 32")
+    epochs: int = Field(ge=1)
+    lr: float | None = Field(default=None, gt=0, description="peak LR; None -> optimizer.lr")
+    batch_size: int | None = Field(default=None, ge=1, description="None -> member batch_size")
+    warmup_epochs: float | None = Field(default=None, ge=0, description="None -> schedule's")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> tuple[int, int]:
+        return parse_size(v)
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adamw", "sgd", "adam"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD only")
+    nesterov: bool = True
+    grad_clip: float | None = Field(default=None, gt=0, description="max grad norm")
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(default=0.0, ge=0)
+    min_lr_ratio: float = Field(default=0.01, ge=0, le=1, description="cosine floor, x peak LR")
+    step_epochs: int = Field(default=10, ge=1, description="step: decay every N epochs")
+    gamma: float = Field(default=0.1, gt=0, le=1, description="step: decay factor")
+
+
+class EMAConfig(_Strict):
+    decay: float = Field(default=0.999, gt=0, lt=1)
+    warmup_steps: int = Field(default=0, ge=0, description="plain copy of weights before this step")
+
+
+class GuidedFilterConfig(_Strict):
+    """Edge-aware upsampling of the prediction with the photo as guide (``refine``)."""
+
+    scale: Literal[1, 2, 4, 8] = Field(default=4, description="guide = photo at 1/scale size")
+    radius: int = Field(default=2, ge=1, le=32, description="window radius, in guide pixels")
+    eps: float = Field(default=1e-4, gt=0, description="edge strength to follow (gray in 0..1)")
+
+
+class MemberConfig(_Strict):
+    """One ensemble member: model, loss, optimisation and its resolution stages."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    model: ModelConfig
+    loss: LossSpec = Field(default_factory=lambda: LossSpec.model_validate(DEFAULT_LOSS))
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    batch_size: int = Field(default=8, ge=1)
+    accumulate: int = Field(default=1, ge=1, description="gradient accumulation steps")
+    augment: AugmentSpec | None = Field(
+        default=None, description="augment.build_augmentations; None -> its defaults"
+    )
+    n_folds: int = Field(default=5, ge=2)
+    fold: int = Field(default=0, ge=0)
+    seed: int = 42
+    ema: EMAConfig | None = None
+    amp: bool = Field(default=True, description="autocast on CUDA (bf16 if supported, else fp16)")
+    cpu_bf16: bool = Field(
+        default=False,
+        description="bf16 autocast on CPUs with bf16 units (AMX / AVX512-BF16); else fp32",
+    )
+    channels_last: Literal["auto", True, False] = "auto"
+    num_workers: int = Field(default=2, ge=0)
+    devices: int = Field(
+        default=1,
+        ge=1,
+        description="processes (GPUs) per machine; batch_size stays the global batch (engine.stage)",
+    )
+    num_nodes: int = Field(
+        default=1, ge=1, description="machines; batch_size stays the global batch"
+    )
+    cache: bool = Field(default=False, description="keep decoded resized images in memory")
+    soft_masks: bool = Field(
+        default=True,
+        description="train on each pixel's car coverage (0..1) instead of a thresholded mask",
+    )
+    max_train_images: int | None = Field(default=None, ge=1)
+    max_val_images: int | None = Field(default=None, ge=1)
+    val_every: int = Field(default=1, ge=1)
+    val_full_res: bool | int = Field(
+        default=True,
+        description="Dice at 1280x1918 (True), at the training size (False), or at this mask height",
+    )
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    largest_component: bool = Field(
+        default=False, description="score validation masks after keeping their largest component"
+    )
+    val_tta: bool = Field(
+        default=False, description="validate on the mean of the image's and its mirror's prediction"
+    )
+    guided_filter: GuidedFilterConfig | None = Field(
+        default=None, description="score validation after edge-aware upsampling (refine)"
+    )
+    stages: list[StageConfig] = Field(min_length=1)
+
+    @field_validator("val_full_res")
+    @classmethod
+    def _val_res(cls, v: bool | int) -> bool | int:
+        if not isinstance(v, bool) and v < 32:
+            raise ValueError("val_full_res as an int is a mask height >= 32")
+        return v
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> MemberConfig:
+        if self.fold >= self.n_folds:
+            raise ValueError(f"fold {self.fold} must be < n_folds {self.n_folds}")
+        return self
+
+    def stage_name(self, i: int) -> str:
+        """Folder name of stage i, e.g. "s1_1024x1024"."""
+        if not 0 <= i < len(self.stages):
+            raise IndexError(f"member {self.name} has stages 0..{len(self.stages) - 1}, asked {i}")
+        h, w = self.stages[i].size
+        return f"s{i + 1}_{h}x{w}"
+
+    def stage_batch_size(self, i: int) -> int:
+        return self.stages[i].batch_size or self.batch_size
+
+    def stage_lr(self, i: int) -> float:
+        return self.stages[i].lr or self.optimizer.lr
+
+    def params_hash(self, stage: int) -> str:
+        """Hash of what determines stage `stage`'s result (not workers or paths): a finished
+        stage is only skipped when it is unchanged.
+
+        `model`, `loss` and `augment` enter as the user wrote them (`spec()`), never with defaults
+        filled in: a schema gaining a default must not retrain the stages users have finished."""
+        # hardware is not a result: batch_size is the global batch on any number of devices
+        hardware = {"num_workers", "description", "devices", "num_nodes"}
+        spec = self.model_dump(mode="json", exclude=hardware)
+        for key in ("model", "loss", "augment"):
+            value = getattr(self, key)
+            spec[key] = None if value is None else to_jsonable_python(value.spec())
+        if spec["guided_filter"] is None:  # added later: stages finished before stay valid
+            del spec["guided_filter"]
+        spec["stages"] = spec["stages"][: stage + 1]
+        blob = json.dumps({"member": spec, "stage": stage}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
