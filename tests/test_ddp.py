@@ -210,3 +210,35 @@ def test_batch_that_cannot_be_shared_fails_before_any_write(small_synthetic, tmp
             _member(tmp_path), 0, data_dir=small_synthetic, run_dir=tmp_path / "r", devices=3
         )
     assert not (tmp_path / "r").exists()
+
+
+def test_03_in_a_notebook_kernel_launches_torchrun_and_reads_the_run_folder(
+    small_synthetic, one_process, tmp_path
+):
+    """03 under papermill with devices=2: the cell starts torchrun as a subprocess (no fork
+    inside the Jupyter kernel), streams its log into the cell, then shows the stage's results."""
+    import nbformat
+
+    from kaggle_utils.notebook import execute_notebook
+
+    member, run_dir = _member(tmp_path), tmp_path / "runs"
+    params = {
+        "member_file": str(member),
+        "data_dir": str(small_synthetic),
+        "run_dir": str(run_dir),
+        "device": "cpu",
+        "devices": 2,
+    }
+    execute_notebook("03_train_member.ipynb", tmp_path / "03.ipynb", params)
+    stage_dir = run_dir / "ddp_tiny" / "s1_64x96"
+    assert json.loads((stage_dir / "metrics.json").read_text())["devices"] == 2
+    assert _max_diff(_weights(stage_dir), _weights(one_process)) < 1e-4
+    executed = nbformat.read(tmp_path / "03.ipynb", as_version=4)
+    text = "".join(
+        o.get("text", "") for c in executed.cells for o in c.get("outputs", []) if "text" in o
+    )
+    assert "torch.distributed.run" in text and "epoch 2/2" in text  # the workers' log, streamed
+    pngs = [
+        o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+    ]
+    assert pngs  # curves.png and worst.png of the run folder
