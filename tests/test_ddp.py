@@ -242,3 +242,20 @@ def test_03_in_a_notebook_kernel_launches_torchrun_and_reads_the_run_folder(
         o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
     ]
     assert pngs  # curves.png and worst.png of the run folder
+
+
+def test_sync_batchnorm_only_where_it_runs():
+    """SyncBatchNorm for several CUDA devices; one device or the CPU (gloo) keeps BatchNorm."""
+    from kaggle_utils.engine.training import with_sync_batchnorm
+
+    def kinds(model):
+        return {type(m).__name__ for m in model.modules() if "BatchNorm" in type(m).__name__}
+
+    def net():
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert kinds(with_sync_batchnorm(net(), cuda, world=2)) == {"SyncBatchNorm"}
+    assert kinds(with_sync_batchnorm(net(), cuda, world=2, enabled=False)) == {"BatchNorm2d"}
+    assert kinds(with_sync_batchnorm(net(), cuda, world=1)) == {"BatchNorm2d"}
+    assert kinds(with_sync_batchnorm(net(), cpu, world=2)) == {"BatchNorm2d"}

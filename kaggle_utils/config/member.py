@@ -125,6 +125,11 @@ class MemberConfig(_Strict):
     num_nodes: int = Field(
         default=1, ge=1, description="machines; batch_size stays the global batch"
     )
+    sync_batchnorm: bool = Field(
+        default=True,
+        description="with several CUDA devices, BatchNorm statistics over the global batch "
+        "(SyncBatchNorm); per-device statistics otherwise",
+    )
     cache: bool = Field(default=False, description="keep decoded resized images in memory")
     soft_masks: bool = Field(
         default=True,
@@ -182,7 +187,7 @@ class MemberConfig(_Strict):
         `model`, `loss` and `augment` enter as the user wrote them (`spec()`), never with defaults
         filled in: a schema gaining a default must not retrain the stages users have finished."""
         # hardware is not a result: batch_size is the global batch on any number of devices
-        hardware = {"num_workers", "description", "devices", "num_nodes"}
+        hardware = {"num_workers", "description", "devices", "num_nodes", "sync_batchnorm"}
         spec = self.model_dump(mode="json", exclude=hardware)
         for key in ("model", "loss", "augment"):
             value = getattr(self, key)

@@ -25,7 +25,7 @@ from kaggle_utils.engine.stage import StageRun, build_stage_model
 from kaggle_utils.engine.state import STATE_FORMAT, TrainState
 from kaggle_utils.engine.validation import Validator
 
-__all__ = ["distributed_env", "train_stage"]
+__all__ = ["distributed_env", "train_stage", "with_sync_batchnorm"]
 
 
 def distributed_env() -> tuple[int, int]:
@@ -251,6 +251,7 @@ class _StageSetup:
         run, member = self.run, self.run.member
         fabric = self.fabric(self.callbacks(progress, extra))
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        model = with_sync_batchnorm(model, fabric.device, self.world, member.sync_batchnorm)
         model = model.to(fabric.device, memory_format=fmt)
         train_loader, val_loader = self.loaders()
         optimizer = build_optimizer(model, member, member.stage_lr(run.stage))
@@ -288,6 +289,17 @@ class _StageSetup:
         return Engine(
             fabric, state, module, fabric_optimizer, train_loader, validator, loss_fn, plan, run
         )
+
+
+def with_sync_batchnorm(
+    model: torch.nn.Module, device: torch.device, world: int, enabled: bool = True
+) -> torch.nn.Module:
+    """BatchNorm over the global batch when several CUDA devices share it (a T4 x2 at full
+    resolution holds 2 images per card: per-card statistics of 2 images are noise). torch's
+    SyncBatchNorm runs on CUDA only, so CPU (gloo) runs keep per-process statistics."""
+    if not enabled or world == 1 or device.type != "cuda":
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _resume(fabric: Any, state: TrainState, run: StageRun) -> None:
