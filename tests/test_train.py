@@ -327,3 +327,16 @@ def test_cpu_bf16_largest_component_and_tta_options(small_synthetic, tiny_member
     assert 0 <= metrics["best_dice"] <= 1  # a 2-epoch model: its largest blob may miss the car
     history = pd.read_csv(tmp_path / "tiny" / "s1_64x96" / "history.csv")
     assert history["train_loss"].notna().all() and history["train_loss"].iloc[-1] < 2
+
+
+def test_last_pt_of_an_older_engine_starts_the_stage_afresh(
+    small_synthetic, tiny_member, tmp_path, capsys
+):
+    """A last.pt without a TrainState (the hand-written loop's format) is not half-loaded: the
+    stage says why and trains from the start."""
+    stage_dir = tmp_path / "tiny" / "s1_64x96"
+    stage_dir.mkdir(parents=True)
+    torch.save({"model": {}, "epoch": 0, "params_hash": "old"}, stage_dir / "last.pt")
+    metrics = stage(tiny_member, small_synthetic, tmp_path, overrides={"stages.0.epochs": 1})
+    assert "holds no kaggle_utils.train_state/1" in capsys.readouterr().out
+    assert metrics["resumed_from_epoch"] is None and metrics["epochs_run_here"] == 1

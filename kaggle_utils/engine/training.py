@@ -7,6 +7,7 @@ worst.png, metrics.json, logs/ (Fabric's CSV logger; TensorBoard when installed)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from kaggle_utils.engine.sampler import GlobalBatchSampler
 from kaggle_utils.engine.stage import StageRun, build_stage_model
 from kaggle_utils.engine.state import STATE_FORMAT, TrainState
 from kaggle_utils.engine.validation import Validator
+from kaggle_utils.locks import stage_lock
 
 __all__ = ["distributed_env", "train_stage", "with_sync_batchnorm"]
 
@@ -56,8 +58,21 @@ def train_stage(
         return {**metrics, "skipped": True}
     rank, world = distributed_env()
     _check_launch(run, world)
+    # one writer per stage folder: a second run fails here, before any write (rank 0 holds it
+    # for the whole fit; the other ranks write nothing there and stop when rank 0 fails)
+    with stage_lock(run.stage_dir) if rank == 0 else contextlib.nullcontext():
+        return _fit_stage(run, rank, world, model, progress, extra_callbacks)
+
+
+def _fit_stage(
+    run: StageRun,
+    rank: int,
+    world: int,
+    model: torch.nn.Module | None,
+    progress: bool,
+    extra_callbacks: Sequence[Any],
+) -> dict[str, Any]:
     if rank == 0:
-        run.stage_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run.stage_dir / "params.json", _params_record(run))
     if run.device.type == "cpu":
         from kaggle_utils.allocator import keep_freed_memory
@@ -315,12 +330,14 @@ def _resume(fabric: Any, state: TrainState, run: StageRun) -> None:
             "stage afresh"
         ) from exc
     saved = ckpt.get("state") if isinstance(ckpt, dict) else None
-    if (
-        ckpt.get("params_hash") != run.params_hash
-        or not saved
-        or saved.get("format") != STATE_FORMAT
-    ):
-        print(f"{last_pt} was written with other parameters; starting the stage afresh", flush=True)
+    why = None
+    if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
+        why = f"holds no {STATE_FORMAT} (written by an older kaggle_utils)"
+    elif ckpt.get("params_hash") != run.params_hash:
+        why = "was written with other parameters"
+    if why:
+        if fabric.is_global_zero:
+            print(f"{last_pt} {why}; starting the stage afresh", flush=True)
         return
     state.load_state_dict(saved)
     epochs = run.member.stages[run.stage].epochs
