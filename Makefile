@@ -45,5 +45,11 @@ bench: venv
 bench-quick: venv
 	@for b in bench/bench_*.py bench/gpu_*.py; do echo ">> $$b --quick"; $(PY) $$b --quick || exit 1; done
 
+# The GPU suite (docs/gpu.md): here it runs its CPU path (the GPU sections skip, saying so); on a
+# lent GPU machine it is run through the `run` tool after `bench/gpu_suite.py --prepare`.
+.PHONY: gpu-suite
+gpu-suite: venv
+	$(PY) bench/gpu_suite.py --out runs/gpu_suite
+
 clean:
 	rm -rf build runs test-artifacts .pytest_cache .ruff_cache

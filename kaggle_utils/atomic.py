@@ -6,8 +6,10 @@ Kept free of torch so light modules (submission writer workers, synthetic data, 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,11 +36,42 @@ def atomic_write(
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = _disk_full(exc)
+        if full is not None:
+            raise OSError(full.errno, _disk_full_message(path, full)) from exc
         raise
     return path
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The "no space left" OSError in ``exc`` or its chain: torch.save, for one, reports it as a
+    RuntimeError from its C++ writer with the OSError only in ``__context__``."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _FULL:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _disk_full_message(path: Path, err: OSError) -> str:
+    """One line: the file, the fault, the space left, what to do; the old file is untouched."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"{os.strerror(err.errno)} writing {path} ({free} on its filesystem): free disk space or "
+        "write to another disk, then run again (any previous version of the file is intact)"
+    )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:

@@ -38,7 +38,8 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save` that never leaves a half-written file at `path`."""
+    """`torch.save` that never leaves a half-written file at `path`; a full disk fails as one
+    OSError naming `path` and the space left (torch's own error hides ENOSPC in its chain)."""
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 

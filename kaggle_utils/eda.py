@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 N_ANGLES = 16
 
@@ -92,56 +94,102 @@ def image_sizes(data, index: pd.DataFrame, split: str = "train") -> pd.Series:
 def data_checks(
     data, train: pd.DataFrame, test: pd.DataFrame | None = None, sample_size: int | None = 4
 ) -> pd.DataFrame:
-    """One row per check (check, value, ok): counts, all 16 angles per car, masks, sizes, test.
+    """One row per check (check, value, ok, note): counts, all 16 angles per car, masks, sizes,
+    metadata, test. ``ok`` is always a real bool (a check that cannot fail says so in ``note``), so
+    a table filtered on ``~ok`` lists exactly what needs a look.
 
     Image sizes are read from the images of ``sample_size`` cars (headers only).
     """
-    rows: list[tuple[str, object, object]] = []
+    rows: list[tuple[str, object, bool, str]] = []
     n_cars = train["car"].nunique()
-    rows.append(("train images", len(train), len(train) > 0))
-    rows.append(("train cars", n_cars, n_cars > 0))
+    rows.append(("train images", len(train), len(train) > 0, ""))
+    rows.append(("train cars", n_cars, n_cars > 0, ""))
     angles = train.groupby("car")["angle"].agg(lambda a: tuple(sorted(a)))
     full = angles.apply(lambda a: a == tuple(range(1, N_ANGLES + 1)))
     rows.append(
-        (f"cars with all {N_ANGLES} angles", f"{int(full.sum())}/{n_cars}", bool(full.all()))
+        (f"cars with all {N_ANGLES} angles", f"{int(full.sum())}/{n_cars}", bool(full.all()), "")
     )
     if not full.all():
-        rows.append(("cars missing angles", ", ".join(list(angles.index[~full])[:10]), False))
+        missing = ", ".join(list(angles.index[~full])[:10])
+        rows.append(("cars missing angles", missing, False, "first 10 cars"))
     has_mask = train["mask"].notna() if "mask" in train.columns else pd.Series(False, train.index)
-    rows.append(("masks present", f"{int(has_mask.sum())}/{len(train)}", bool(has_mask.all())))
+    rows.append(("masks present", f"{int(has_mask.sum())}/{len(train)}", bool(has_mask.all()), ""))
     if data.has_csv("train_masks"):
         csv = data.read_csv("train_masks")
         ids = set(csv["img"].astype(str).str.rsplit(".", n=1).str[0])
         in_csv = train["id"].isin(ids)
         rows.append(
-            ("images in train_masks.csv", f"{int(in_csv.sum())}/{len(train)}", bool(in_csv.all()))
+            (
+                "images in train_masks.csv",
+                f"{int(in_csv.sum())}/{len(train)}",
+                bool(in_csv.all()),
+                "",
+            )
         )
-    rows.append(("train_hq present", data.train_hq is not None, None))
+    hq = data.train_hq is not None
+    rows.append(("train_hq present", hq, True, "optional: train/ is enough to train"))
+    rows += _size_checks(data, train, sample_size)
+    if "make" in train.columns:
+        with_make = int(train.groupby("car")["make"].first().notna().sum())
+        rows.append(
+            (
+                "cars with metadata (make)",
+                f"{with_make}/{n_cars}",
+                with_make == n_cars,
+                "stratify='make' needs it",
+            )
+        )
+    rows += _test_checks(data, train, test)
+    return pd.DataFrame(rows, columns=["check", "value", "ok", "note"])
+
+
+def _size_checks(
+    data, train: pd.DataFrame, sample_size: int | None
+) -> list[tuple[str, object, bool, str]]:
+    """One size for every sampled image, and masks of that size."""
     sample = sample_cars(train, sample_size)
     sizes = image_sizes(data, sample)
-    rows.append(
+    rows = [
         (
             f"image sizes ({len(sample)} sampled)",
             dict(sizes.items()),
-            len(sizes) == 1 if len(sizes) else None,
+            len(sizes) == 1,
+            "one size for all" if len(sizes) else "no images to read",
         )
-    )
+    ]
     if len(sample):
-        first = sample["id"].iloc[0]
-        mask_shape = data.load_mask(first).shape
+        mask_shape = data.load_mask(sample["id"].iloc[0]).shape
         w, h = (int(v) for v in sizes.index[0].split("x"))
-        rows.append(("mask size (HxW)", f"{mask_shape[0]}x{mask_shape[1]}", mask_shape == (h, w)))
-    if "make" in train.columns:
-        with_make = int(train.groupby("car")["make"].first().notna().sum())
-        rows.append(("cars with metadata (make)", f"{with_make}/{n_cars}", None))
+        rows.append(
+            ("mask size (HxW)", f"{mask_shape[0]}x{mask_shape[1]}", mask_shape == (h, w), "")
+        )
+    return rows
+
+
+def _test_checks(
+    data, train: pd.DataFrame, test: pd.DataFrame | None
+) -> list[tuple[str, object, bool, str]]:
+    """Test images exist, share no car with train, and are all in sample_submission.csv."""
+    rows: list[tuple[str, object, bool, str]] = []
     if test is not None:
-        rows.append(("test images", len(test), None))
-        rows.append(("test cars", test["car"].nunique(), None))
+        rows.append(("test images", len(test), len(test) > 0, ""))
+        rows.append(("test cars", test["car"].nunique(), test["car"].nunique() > 0, ""))
         overlap = set(train["car"]) & set(test["car"])
-        rows.append(("cars in both train and test", len(overlap), not overlap))
+        rows.append(("cars in both train and test", len(overlap), not overlap, "must be 0"))
     if data.has_csv("sample_submission"):
-        rows.append(("sample_submission rows", len(data.read_csv("sample_submission")), None))
-    return pd.DataFrame(rows, columns=["check", "value", "ok"])
+        sub = data.read_csv("sample_submission")
+        rows.append(("sample_submission rows", len(sub), len(sub) > 0, "06 predicts every row"))
+        if test is not None and "img" in sub.columns:
+            listed = test["id"].isin(set(sub["img"].astype(str).str.rsplit(".", n=1).str[0]))
+            rows.append(
+                (
+                    "test images in sample_submission",
+                    f"{int(listed.sum())}/{len(test)}",
+                    bool(listed.all()),
+                    "",
+                )
+            )
+    return rows
 
 
 # ---------------------------------------------------------------------------------------- metadata
@@ -171,6 +219,7 @@ def plot_metadata(index: pd.DataFrame, top_n: int = 15) -> Figure:
         ax.set_title(f"cars per {col} (top {len(counts)} of {values.nunique()})")
         ax.tick_params(axis="x", labelrotation=70, labelsize=8)
         ax.set_ylabel("cars")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # no half cars
     fig.suptitle(f"metadata of {len(cars)} cars")
     return fig
 
@@ -269,13 +318,24 @@ def angle_difficulty(
     return pd.DataFrame(rows)
 
 
+# (column, title, low value is hard) of mask_difficulty's measures
+DIFFICULTY_MEASURES = (
+    ("boundary_frac", "boundary pixels / mask pixels", False),
+    ("thin_frac", "thin-part share of the mask", False),
+    ("edge_contrast", "edge contrast (lower is harder)", True),
+)
+
+
+def _spread(mean: pd.Series, std: pd.Series) -> np.ndarray:
+    """Asymmetric error bars (2, n) of mean +- std, the lower arm cut at 0: the measures are
+    fractions and contrasts that cannot be negative."""
+    return np.vstack([np.minimum(std.to_numpy(), mean.to_numpy()), std.to_numpy()])
+
+
 def plot_angle_difficulty(table: pd.DataFrame, highlight: int = 3) -> Figure:
-    """Per angle mean (and std) of each difficulty measure; the ``highlight`` hardest angles in red."""
-    measures = [
-        ("boundary_frac", "boundary pixels / mask pixels", False),
-        ("thin_frac", "thin-part share of the mask", False),
-        ("edge_contrast", "edge contrast (lower is harder)", True),
-    ]
+    """Per angle mean (and std, cut at 0) of each difficulty measure; the ``highlight`` hardest
+    angles in red."""
+    measures = DIFFICULTY_MEASURES
     stats = table.groupby("angle")[[m for m, _, _ in measures]].agg(["mean", "std"])
     fig = Figure(figsize=(15, 4), layout="constrained")
     axes = fig.subplots(1, 3)
@@ -283,11 +343,134 @@ def plot_angle_difficulty(table: pd.DataFrame, highlight: int = 3) -> Figure:
         mean, std = stats[(col, "mean")], stats[(col, "std")].fillna(0)
         order = mean.sort_values(ascending=low_is_hard).index[:highlight]
         colors = ["tab:red" if a in set(order) else "tab:gray" for a in mean.index]
-        ax.bar(mean.index.astype(str), mean.to_numpy(), yerr=std.to_numpy(), color=colors)
+        ax.bar(mean.index.astype(str), mean.to_numpy(), yerr=_spread(mean, std), color=colors)
+        ax.set_ylim(bottom=0)
         ax.set_title(title)
         ax.set_xlabel("angle")
     fig.suptitle(f"which angles are hardest ({table['car'].nunique()} cars; red = hardest)")
     return fig
+
+
+# ------------------------------------------------------------------ measured difficulty (OOF Dice)
+OOF_COLUMNS = ["source", "id", "angle", "dice"]
+
+
+def read_oof_dice(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """Per-image OOF Dice of every trained stage under ``run_dir``: the ``oof.csv`` of each
+    ``<member>[/fold<k>]/<stage>/`` (what 03 writes), as columns source ("member/stage"), id,
+    angle, dice. Empty when nothing has trained yet. A relative ``run_dir`` is resolved as the
+    notebooks resolve it (environment.resolve_run_dir: the project root, or /kaggle/working)."""
+    from kaggle_utils.environment import resolve_run_dir
+
+    root = resolve_run_dir(run_dir)
+    files = sorted({*root.glob("*/*/oof.csv"), *root.glob("*/fold*/*/oof.csv")})
+    frames = []
+    for path in files:
+        df = pd.read_csv(path)
+        if not {"id", "dice"} <= set(df.columns):
+            raise ValueError(f"{path}: needs columns id and dice, has {list(df.columns)}")
+        angle = df["angle"] if "angle" in df.columns else df["id"].astype(str).str[-2:]
+        source = path.parent.relative_to(root).as_posix()
+        frames.append(
+            pd.DataFrame(
+                {"source": source, "id": df["id"], "angle": angle.astype(int), "dice": df["dice"]}
+            )
+        )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=OOF_COLUMNS)
+
+
+def final_stages(oof: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each member's last stage (highest resolution, best trained): the earlier
+    stages score the same validation cars, only worse."""
+    if oof.empty:
+        return oof
+    member = oof["source"].str.rsplit("/", n=1).str[0]
+    last = oof.groupby(member)["source"].transform("max")
+    return oof[oof["source"] == last].reset_index(drop=True)
+
+
+def angle_ranking(difficulty: pd.DataFrame, oof: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+    """Each heuristic beside the measurement: its ``n`` hardest angles, how many of them the
+    measured ``n`` worst angles (lowest mean OOF Dice of the final stages) share, and the rank
+    correlation of its per-angle scores with the measured error over all angles."""
+    measured = 1 - final_stages(oof).groupby("angle")["dice"].mean()  # error: high is hard
+    scores = {"measured: OOF 1 - Dice": measured}
+    for col, title, low_is_hard in DIFFICULTY_MEASURES:
+        mean = difficulty.groupby("angle")[col].mean()
+        scores[f"heuristic: {title}"] = -mean if low_is_hard else mean
+    worst = set(measured.nlargest(n).index)
+    rows = []
+    for name, score in scores.items():
+        hardest = list(score.nlargest(n).index)
+        both = score.index.intersection(measured.index)
+        rho = score[both].rank().corr(measured[both].rank()) if len(both) > 2 else float("nan")
+        rows.append(
+            {
+                "measure": name,
+                f"hardest {n} angles": ", ".join(f"{a:02d}" for a in hardest),
+                "shared with measured": len(worst & set(hardest)),
+                "rank correlation with measured": round(float(rho), 3),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_measured_angle_dice(difficulty: pd.DataFrame, oof: pd.DataFrame, n: int = 3) -> Figure:
+    """Measured mean OOF Dice per angle (worst ``n`` red), and each heuristic's ranking next to
+    the measured one: trust the heuristics only as far as they agree with it."""
+    final = final_stages(oof)
+    by = final.groupby("angle")["dice"].agg(["mean", "min", "size"])
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    ax, ax_rank = fig.subplots(1, 2, width_ratios=[1, 1.1])
+    worst = set(by["mean"].nsmallest(n).index)
+    colors = ["tab:red" if a in worst else "tab:blue" for a in by.index]
+    ax.bar(by.index.astype(str), by["mean"], color=colors)
+    lo = float(by["mean"].min())
+    ax.set_ylim(max(0.0, lo - 2 * (1 - lo) - 0.002), 1.0)
+    ax.set(xlabel="angle", ylabel="mean OOF Dice")
+    sources = ", ".join(sorted(final["source"].unique()))
+    ax.set_title(f"measured: OOF Dice by angle ({sources}; red = worst {n})", fontsize=9)
+    table = angle_ranking(difficulty, oof, n)
+    _draw_ranking(ax_rank, table, n)
+    fig.suptitle(
+        f"which angles are hardest: measured on {final['id'].nunique()} held-out images vs the "
+        "heuristics above"
+    )
+    return fig
+
+
+def _draw_ranking(ax, table: pd.DataFrame, n: int) -> None:
+    """The ranking table as text: one row per measure, the heuristics' agreement with the
+    measurement in the last columns."""
+    ax.set_axis_off()
+    cells = table.astype(str).to_numpy().tolist()
+    shown = ax.table(cellText=cells, colLabels=list(table.columns), loc="center", cellLoc="left")
+    shown.auto_set_font_size(False)
+    shown.set_fontsize(9)
+    shown.scale(1, 1.6)
+    shown.auto_set_column_width(list(range(len(table.columns))))
+    for col in range(len(table.columns)):
+        shown[1, col].set_facecolor("#dbe8f6")  # the measured row
+    ax.set_title(f"hardest {n} angles by each measure (measured first)", fontsize=9)
+
+
+def measured_angle_difficulty(difficulty: pd.DataFrame, run_dir: str | os.PathLike) -> object:
+    """01's check of its own heuristics: once a member has trained, the measured OOF Dice by angle
+    beside them (a Figure); before that, a note saying how to get one (IPython Markdown)."""
+    from IPython.display import Markdown
+
+    from kaggle_utils.environment import resolve_run_dir
+
+    oof = read_oof_dice(run_dir)
+    if oof.empty:
+        where = resolve_run_dir(run_dir)
+        return Markdown(
+            f"**No measured Dice yet**: no `<member>/<stage>/oof.csv` under `{where.absolute()}`. "
+            "Train a member (`make demo`, or 03_train_member with the same `run_dir`) and re-run "
+            "this cell. Until then the heuristics above are guesses: on real held-out cars the "
+            "measured worst angles (01 and 09) are not the ones they name."
+        )
+    return plot_measured_angle_dice(difficulty, oof)
 
 
 # --------------------------------------------------------------------------------------- drawing
@@ -353,6 +536,7 @@ def plot_fold_balance(folds: pd.DataFrame, index: pd.DataFrame, top_n: int = 10)
     ax1.bar(counts.index.astype(str), counts.to_numpy(), color="tab:blue")
     ax1.set_title("images per fold")
     ax1.set_xlabel("fold")
+    ax1.yaxis.set_major_locator(MaxNLocator(integer=True))
     if "make" in df.columns and df["make"].notna().any():
         cars = df.groupby("car").first()
         top = cars["make"].value_counts().head(top_n).index
@@ -365,6 +549,7 @@ def plot_fold_balance(folds: pd.DataFrame, index: pd.DataFrame, top_n: int = 10)
         ax2.legend(fontsize=7, ncol=2)
         ax2.set_title("cars per fold by make")
         ax2.set_xlabel("fold")
+        ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         ax2.text(0.5, 0.5, "no make in metadata", ha="center", va="center")
         ax2.set_axis_off()

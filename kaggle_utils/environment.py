@@ -7,6 +7,8 @@ from pathlib import Path
 
 KAGGLE_INPUT = Path(os.environ.get("KAGGLE_UTILS_KAGGLE_INPUT", "/kaggle/input"))
 KAGGLE_WORKING = Path(os.environ.get("KAGGLE_UTILS_KAGGLE_WORKING", "/kaggle/working"))
+PROJECT_ENV = "KAGGLE_UTILS_PROJECT_ROOT"
+PROJECT_MARKER = "params"  # the folder of parameter files marks the project root
 
 
 def on_kaggle() -> bool:
@@ -14,12 +16,56 @@ def on_kaggle() -> bool:
     return KAGGLE_INPUT.is_dir() and KAGGLE_WORKING.is_dir()
 
 
+def project_root(start: str | os.PathLike | None = None) -> Path | None:
+    """The project root: $KAGGLE_UTILS_PROJECT_ROOT, else the first folder holding `params/` at or
+    above `start` (the cwd); None when there is none.
+
+    A JupyterLab kernel starts in `notebooks/`, `make demo` in the repository root: relative
+    parameters such as `run_dir="runs/demo"` must mean the same folder in both.
+    """
+    if os.environ.get(PROJECT_ENV):
+        return Path(os.environ[PROJECT_ENV]).expanduser().resolve()
+    here = Path(start if start is not None else Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PROJECT_MARKER).is_dir():
+            return folder
+    return None
+
+
+def path_candidates(path: str | os.PathLike) -> list[Path]:
+    """The absolute places a path may mean, in the order they are tried: an absolute path itself;
+    a relative one under the project root, then from the cwd (one entry when they coincide)."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return [path]
+    found = [Path.cwd().resolve() / path]
+    root = project_root()
+    if root is not None and root / path not in found:
+        found.insert(0, root / path)
+    return found
+
+
+def project_path(path: str | os.PathLike) -> Path:
+    """A relative path resolved against the project root (see `project_root`) wherever the cwd is:
+    the first of `path_candidates` that exists, else the one under the project root (a folder to
+    create). Unchanged when the cwd is the project root, when there is no project root, on Kaggle,
+    and for absolute paths."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or on_kaggle():
+        return path
+    candidates = path_candidates(path)
+    if len(candidates) == 1:  # the cwd is the project root, or there is none: as given
+        return path
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
 def resolve_run_dir(run_dir: str | os.PathLike) -> Path:
-    """A relative run folder lands in /kaggle/working on Kaggle (the only kept output), else as given."""
+    """A relative run folder lands in /kaggle/working on Kaggle (the only kept output), else under
+    the project root (`project_path`), so a kernel started in notebooks/ finds `make demo`'s runs."""
     path = Path(run_dir)
     if on_kaggle() and not path.is_absolute():
         return KAGGLE_WORKING / path
-    return path
+    return project_path(path)
 
 
 def _input_matches(rel: Path) -> list[Path]:

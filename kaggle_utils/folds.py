@@ -36,18 +36,37 @@ def coverage_buckets(car_coverage: pd.Series, n_buckets: int = 5) -> pd.Series:
     return pd.qcut(ranks, n_buckets, labels=False).astype(int)
 
 
-def _car_strata(index: pd.DataFrame, stratify: str | None, n_folds: int) -> pd.Series:
-    """One stratum label per car."""
+def _report(line: str) -> None:
+    print(line, flush=True)
+
+
+def _make_strata(index: pd.DataFrame, n_folds: int) -> tuple[pd.Series, str]:
+    """Cars by make; without any make (no metadata.csv or no 'make' column) by coverage, else
+    unstratified, saying so in one line: a split never changes its basis silently."""
+    make = index.groupby("car", sort=True)["make"].first() if "make" in index.columns else None
+    if make is None or make.isna().all():
+        has_cov = "coverage" in index.columns and index["coverage"].notna().all()
+        instead = "coverage" if has_cov else None
+        _report(
+            "no car has a make (metadata.csv missing or without a 'make' column): folds "
+            f"stratified by {instead or 'nothing (the index has no coverage either)'} instead"
+        )
+        return _car_strata(index, instead, n_folds)[0], f"{instead or 'none'} (no make)"
+    if make.isna().any():
+        _report(
+            f"{int(make.isna().sum())} of {len(make)} cars have no make in metadata.csv: "
+            "stratified together as make 'unknown'"
+        )
+    return make.fillna("unknown").astype(str), "make"
+
+
+def _car_strata(index: pd.DataFrame, stratify: str | None, n_folds: int) -> tuple[pd.Series, str]:
+    """One stratum label per car, and what they were stratified by (for the split's label)."""
     cars = index.groupby("car", sort=True)
     if stratify is None:
-        return pd.Series("all", index=sorted(index["car"].unique()))
+        return pd.Series("all", index=sorted(index["car"].unique())), "none"
     if stratify == "make":
-        if "make" not in index.columns:
-            raise ValueError(
-                "stratify='make' needs a 'make' column in the index (from metadata.csv)"
-            )
-        make = cars["make"].first()
-        return make.fillna("unknown").astype(str)
+        return _make_strata(index, n_folds)
     if stratify == "coverage":
         if "coverage" not in index.columns:
             raise ValueError(
@@ -59,7 +78,7 @@ def _car_strata(index: pd.DataFrame, stratify: str | None, n_folds: int) -> pd.S
             missing = list(cov.index[cov.isna()])[:5]
             raise ValueError(f"stratify='coverage': no coverage for cars {missing}")
         n_buckets = max(1, min(5, len(cov) // n_folds))
-        return coverage_buckets(cov, n_buckets).astype(str)
+        return coverage_buckets(cov, n_buckets).astype(str), "coverage"
     raise ValueError(f"stratify must be one of {STRATIFY}, got {stratify!r}")
 
 
@@ -72,7 +91,9 @@ def folds_by_car(
     """Assign every image to a fold so that each car's images share one fold.
 
     ``index`` needs ``id`` and ``car`` columns (plus ``make`` or ``coverage`` when stratifying on
-    them). Returns a DataFrame ``id, car, fold`` in the index's order.
+    them; with no make at all, "make" falls back to coverage, else to none, printing one line).
+    Returns a DataFrame ``id, car, fold`` in the index's order; ``attrs["source"]`` labels the
+    split with what it was really stratified by (also ``attrs["stratified_by"]``).
     """
     missing = [c for c in ("id", "car") if c not in index.columns]
     if missing:
@@ -84,9 +105,12 @@ def folds_by_car(
         raise ValueError(f"n_folds must be at least 2, got {n_folds}")
     n_cars = index["car"].nunique()
     if n_cars < n_folds:
-        raise ValueError(f"{n_cars} cars cannot fill {n_folds} folds (each car goes to one fold)")
+        raise ValueError(
+            f"{n_cars} cars ({len(index)} images) cannot fill {n_folds} folds (each car goes to "
+            "one fold): use fewer folds or more cars"
+        )
 
-    strata = _car_strata(index, stratify, n_folds)
+    strata, used = _car_strata(index, stratify, n_folds)
     rng = np.random.default_rng(seed)
     cars = pd.DataFrame({"car": strata.index, "stratum": strata.to_numpy()})
     cars["order"] = rng.permutation(len(cars))
@@ -104,6 +128,8 @@ def folds_by_car(
 
     out = index[["id", "car"]].copy().reset_index(drop=True)
     out["fold"] = out["car"].map(car_fold).astype(int)
+    out.attrs["stratified_by"] = used
+    out.attrs["source"] = f"folds_by_car(n_folds={n_folds}, stratify={used}, seed={seed})"
     return out
 
 
@@ -138,26 +164,37 @@ def check_folds(folds: pd.DataFrame, source: str = "folds") -> pd.DataFrame:
 
 
 def save_folds(folds: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``id,car,fold`` atomically; refuse a split where a car appears in two folds."""
+    """Write ``id,car,fold`` atomically; refuse a split where a car appears in two folds.
+
+    A split from ``folds_by_car`` also gets a ``stratified_by`` column, so members that read the
+    file label their split with what it was really stratified by (``make_split``).
+    """
     from kaggle_utils.atomic import atomic_write_text
 
     path = Path(path)
     check_folds(folds, source=f"refusing to write {path}")
     out = folds[FOLD_COLUMNS].copy()
     out["fold"] = out["fold"].astype(int)
+    if "stratified_by" in folds.attrs:
+        out["stratified_by"] = folds.attrs["stratified_by"]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, out.to_csv(index=False))
     return path
 
 
 def load_folds(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a folds.csv and validate it the same way ``save_folds`` does."""
+    """Read a folds.csv and validate it the same way ``save_folds`` does; its stratification
+    record (if any) comes back as ``attrs["stratified_by"]``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no folds file (run 02_split first)")
     folds = pd.read_csv(path, dtype={"id": str, "car": str})
     check_folds(folds, source=str(path))
     folds["fold"] = folds["fold"].astype(int)
+    if "stratified_by" in folds.columns:  # save_folds's record, back into attrs
+        kinds = folds.pop("stratified_by").dropna().unique()
+        if len(kinds) == 1:
+            folds.attrs["stratified_by"] = str(kinds[0])
     return folds
 
 
@@ -181,14 +218,26 @@ def fold_summary(folds: pd.DataFrame, index: pd.DataFrame | None = None) -> pd.D
 
 def split_by_car(
     index: pd.DataFrame, n_folds: int, fold: int, seed: int = 0
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, val) rows: fold `fold` of `n_folds` folds grouped by car (02_split's rule when it
-    has not run: no car ever sits on both sides)."""
-    stratify = "make" if "make" in index.columns and index["make"].notna().all() else None
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(train, val, source) rows: fold `fold` of `n_folds` folds grouped by car (02_split's rule
+    when it has not run: no car ever sits on both sides), stratified by make when every car has
+    one, else by nothing (said in one line). `source` names the rule and the stratification."""
+    make = index["make"] if "make" in index.columns else pd.Series(pd.NA, index=index.index)
+    stratify = "make" if make.notna().all() else None
+    if stratify is None:
+        lacking = index.loc[make.isna(), "car"].nunique()
+        _report(
+            f"{lacking} of {index['car'].nunique()} cars have no make (metadata.csv): "
+            "split_by_car stratifies by nothing instead of make"
+        )
     folds = folds_by_car(index, n_folds=n_folds, stratify=stratify, seed=seed)
     fold_of = dict(zip(folds["id"], folds["fold"], strict=True))
     is_val = index["id"].map(fold_of) == fold
-    return index[~is_val].reset_index(drop=True), index[is_val].reset_index(drop=True)
+    source = (
+        f"split_by_car(n_folds={n_folds}, fold={fold}, seed={seed}, "
+        f"stratify={folds.attrs['stratified_by']})"
+    )
+    return index[~is_val].reset_index(drop=True), index[is_val].reset_index(drop=True), source
 
 
 def make_split(
@@ -197,7 +246,8 @@ def make_split(
     fold: int,
     run_dir: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(train, val, source): `<run_dir>/folds.csv` from 02_split when present, else `split_by_car`.
+    """(train, val, source): `<run_dir>/folds.csv` from 02_split when present, else `split_by_car`;
+    `source` names the split and what it was stratified by.
 
     On Kaggle 02 runs in its own kernel: its folds.csv is found under the upstream kernel's output.
 
@@ -222,13 +272,18 @@ def make_split(
         fold_of = dict(zip(folds["id"], folds["fold"], strict=True))
         is_val = index["id"].map(fold_of) == fold
         train, val = index[~is_val].reset_index(drop=True), index[is_val].reset_index(drop=True)
-        source = str(folds_csv)
+        source = _folds_csv_label(folds_csv, folds)
     else:
-        train, val = split_by_car(index, member.n_folds, fold, seed=member.seed)
-        source = f"split_by_car(n_folds={member.n_folds}, fold={fold}, seed={member.seed})"
+        train, val, source = split_by_car(index, member.n_folds, fold, seed=member.seed)
     train = _cap(train, member.max_train_images, member.seed)
     val = _cap(val, member.max_val_images, member.seed + 1)
     return train, val, source
+
+
+def _folds_csv_label(path: Path, folds: pd.DataFrame) -> str:
+    """`<path> (stratified by X)` as 02 recorded it; a folds.csv without the record (written by
+    hand, or before it was kept) says "unrecorded"."""
+    return f"{path} (stratified by {folds.attrs.get('stratified_by', 'unrecorded')})"
 
 
 def _cap(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:

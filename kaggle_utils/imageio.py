@@ -33,13 +33,46 @@ def _label(name: str | None) -> str:
     return name if name else "<bytes>"
 
 
+_REPLACE = "replace it with the competition's original (download or extract it again)"
+
+
+class ImageDecodeError(ValueError):
+    """An image file that cannot be decoded; the message's first line names the file, its size,
+    the fault and the fix.
+
+    A DataLoader worker's error comes back to the main process as ``type(exc)(text)`` where the
+    text starts "Caught ... in DataLoader worker" and buries the message under the worker's
+    traceback; this class lifts its own message back to the first line. ``detail`` is the fault
+    without the file's name (callers that add their own context reuse it).
+    """
+
+    def __init__(self, message: str, detail: str | None = None):
+        self.detail = detail
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            last = message.rstrip().rsplit("\n", 1)[-1]
+            kind, _, own = last.partition(": ")
+            own = own if kind.endswith(ImageDecodeError.__name__) else ""
+            if own:
+                message = f"{own} (raised in a DataLoader worker; its traceback:)\n{message}"
+        super().__init__(message)
+
+
+def _decode_error(name: str | None, data: bytes, fault: str) -> ImageDecodeError:
+    if not data:
+        detail = f"the file is empty (0 bytes); {_REPLACE}"
+    else:
+        detail = f"{len(data)} bytes, {fault}; {_REPLACE}"
+    return ImageDecodeError(f"cannot decode JPEG {_label(name)}: {detail}", detail)
+
+
 def jpeg_size(data: bytes, name: str | None = None) -> tuple[int, int]:
     """(H, W) of a JPEG from its header only (PIL parses lazily: ~30 µs, no pixel decode)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
     except Exception as exc:  # PIL raises several types for garbage input
-        raise ValueError(f"cannot read image header of {_label(name)}: {exc}") from exc
+        fault = f"no readable image header ({type(exc).__name__}: {exc})"
+        raise _decode_error(name, data, fault) from None
     return h, w
 
 
@@ -90,9 +123,9 @@ def decode_jpeg_sizes(
     for size in checked:
         r = reduction_factor(src, size) if size is not None else 1  # type: ignore[arg-type]
         if r not in decoded:
-            bgr = cv2.imdecode(buf, _REDUCED_FLAGS[r])
+            bgr = cv2.imdecode(buf, _REDUCED_FLAGS[r]) if len(buf) else None
             if bgr is None:
-                raise ValueError(f"cannot decode JPEG {_label(name)} ({len(data)} bytes)")
+                raise _decode_error(name, data, "truncated or corrupt JPEG data")
             decoded[r] = bgr
         bgr = decoded[r]
         if size is not None and bgr.shape[:2] != size:
@@ -132,7 +165,9 @@ def decode_mask_gif(data: bytes, name: str | None = None) -> np.ndarray:
                 return lut.astype(np.uint8)[idx]
             arr = np.asarray(im.convert("L"))
     except Exception as exc:
-        raise ValueError(f"cannot decode mask {_label(name)}: {exc}") from exc
+        size = f"{len(data)} bytes" if data else "the file is empty (0 bytes)"
+        detail = f"{size}, not a readable GIF ({type(exc).__name__}: {exc}); {_REPLACE}"
+        raise ImageDecodeError(f"cannot decode mask {_label(name)}: {detail}", detail) from None
     return (arr != 0).astype(np.uint8)
 
 

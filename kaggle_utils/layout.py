@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import threading
 import zipfile
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from kaggle_utils.constants import COMPETITION, MASK_SHAPE
 from kaggle_utils.imageio import decode_jpeg, decode_mask_gif, jpeg_size
 
 STORES = ("train", "train_hq", "train_masks", "test", "test_hq")
+CSV_MASKS = "train_masks.csv"  # an index's `mask` where only the CSV's row holds the mask
 CSVS = ("train_masks", "metadata", "sample_submission")
 ENV_VAR = "KAGGLE_UTILS_DATA"
 
@@ -57,9 +60,26 @@ class FileStore:
         pid = os.getpid()
         if self._zf is None or self._pid != pid:
             # After fork the parent's handle shares a file offset with the child: never reuse it.
-            self._zf = zipfile.ZipFile(self.path)
+            try:
+                self._zf = zipfile.ZipFile(self.path)
+            except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                raise self._broken(exc) from None
             self._pid = pid
         return self._zf
+
+    def _broken(self, exc: BaseException, member: str | None = None) -> zipfile.BadZipFile:
+        """One line: which archive (and member) is unreadable, how big it is, what to do."""
+        try:
+            size = f"{self.path.stat().st_size} bytes"
+        except OSError:
+            size = "size unknown"
+        where = f"{self.path}:{member}" if member else str(self.path)
+        stem = self.path.name[: -len(".zip")]
+        return zipfile.BadZipFile(
+            f"{where} cannot be read ({type(exc).__name__}: {exc}; the archive has {size}): it is "
+            f"truncated or corrupt; download it again (kaggle competitions download -c "
+            f"{COMPETITION} -f {self.path.name}) or extract it to a folder {stem}/ beside it"
+        )
 
     def _index(self) -> dict[str, str]:
         if self._members is None:
@@ -105,7 +125,10 @@ class FileStore:
             member = self._index().get(name)
             if member is None:
                 raise FileNotFoundError(f"{name} not found in {self.path}")
-            return self._zip().read(member)
+            try:
+                return self._zip().read(member)
+            except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+                raise self._broken(exc, member) from None
         try:
             return (self.path / name).read_bytes()
         except FileNotFoundError:
@@ -249,6 +272,20 @@ class CompetitionData:
             return True
         return self._csv_rle(image_id) is not None
 
+    def mask_sources(self, image_ids: Sequence[str]) -> list[str | None]:
+        """Per image, what holds its mask under ``mask_source``: the GIF's name, else
+        ``"train_masks.csv"`` (its row), else None (``load_mask`` would fail). One listing of
+        the GIFs and one read of the CSV, so 5k images cost milliseconds, not a lookup each."""
+        store = self._gif_store
+        gifs = set(store.names()) if store is not None else set()
+        use_csv = self.mask_source != "gif" and self.has_csv("train_masks")
+        rows = self._rle_table() if use_csv else {}
+        out: list[str | None] = []
+        for image_id in image_ids:
+            gif = self.mask_name(image_id)
+            out.append(gif if gif in gifs else CSV_MASKS if _jpg(image_id) in rows else None)
+        return out
+
     def load_mask(self, image_id: str) -> np.ndarray:
         """uint8 {0, 1} mask at the image's full size, from ``mask_source`` (see the class)."""
         name = self.mask_name(image_id)
@@ -311,36 +348,80 @@ def _kaggle_candidates() -> list[Path]:
     return found
 
 
+SYNTHETIC_DEFAULT = Path("data") / "synthetic"  # where `make demo` writes its data
+
+
+def _given_root(data_dir: str | os.PathLike) -> Path:
+    """The folder `data_dir` names: absolute as given, relative under the project root or the cwd
+    (environment.path_candidates); the error lists every absolute path tried."""
+    tried = environment.path_candidates(data_dir)
+    if environment.on_kaggle():  # as before: the cwd (/kaggle/working) only
+        given = Path(data_dir).expanduser()
+        tried = [given if given.is_absolute() else Path.cwd() / given]
+    for root in tried:
+        if root.is_dir():
+            return root
+    raise FileNotFoundError(
+        f"data folder not found: {' or '.join(map(str, tried))}; pass an absolute data_dir, or "
+        "a path relative to the project root (the folder holding params/)"
+    )
+
+
+def _synthetic_fallback() -> Path | None:
+    """<project root>/data/synthetic from `make demo`, only away from Kaggle (no input mount):
+    on Kaggle a missing competition must say so, never train on the demo's data silently."""
+    root = environment.project_root()
+    if environment.KAGGLE_INPUT.is_dir() or root is None:
+        return None
+    path = root / SYNTHETIC_DEFAULT
+    return path if path.is_dir() and _looks_like_data(path) else None
+
+
+def _in_folder(root: Path, mask_source: str) -> CompetitionData:
+    if _looks_like_data(root):
+        return CompetitionData(root, mask_source)
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and _looks_like_data(p))
+    if subs:
+        return CompetitionData(subs[0], mask_source)
+    raise FileNotFoundError(
+        f"{root} holds no Carvana files: expected train/ or train.zip, train_masks/ or "
+        "train_masks.csv, test/ or test.zip, metadata.csv, sample_submission.csv"
+    )
+
+
 def find_data(
     data_dir: str | os.PathLike | None = None, mask_source: str = "auto"
 ) -> CompetitionData:
-    """The competition files: ``data_dir``, else $KAGGLE_UTILS_DATA, else a Kaggle input mount.
+    """The competition files: ``data_dir``, else $KAGGLE_UTILS_DATA, else a Kaggle input mount,
+    else (away from Kaggle) ``<project root>/data/synthetic`` written by ``make demo``.
 
-    A given folder may also hold the data one level down (e.g. ``/kaggle/input``).
-    ``mask_source``: see :class:`CompetitionData`.
+    A relative ``data_dir`` is looked up under the project root first (the folder holding
+    ``params/``), then from the cwd, so a notebook kernel started in ``notebooks/`` finds
+    ``data/synthetic`` as ``make demo`` wrote it. A given folder may also hold the data one level
+    down (e.g. ``/kaggle/input``). ``mask_source``: see :class:`CompetitionData`.
     """
     if data_dir is None and os.environ.get(ENV_VAR):
         data_dir = os.environ[ENV_VAR]
     if data_dir is not None:
-        root = Path(data_dir).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"data folder not found: {root}")
-        if _looks_like_data(root):
-            return CompetitionData(root, mask_source)
-        subs = sorted(p for p in root.iterdir() if p.is_dir() and _looks_like_data(p))
-        if subs:
-            return CompetitionData(subs[0], mask_source)
-        raise FileNotFoundError(
-            f"{root} holds no Carvana files: expected train/ or train.zip, train_masks/ or "
-            "train_masks.csv, test/ or test.zip, metadata.csv, sample_submission.csv"
-        )
+        return _in_folder(_given_root(data_dir), mask_source)
     for i, cand in enumerate(_kaggle_candidates()):
         check = _looks_like_data if i < 2 else _looks_like_carvana
         if cand.is_dir() and check(cand):
             return CompetitionData(cand, mask_source)
+    fallback = _synthetic_fallback()
+    if fallback is not None:
+        return CompetitionData(fallback, mask_source)
+    root = environment.project_root()
+    if root is None:
+        demo = "no project root (no params/ folder at or above the cwd)"
+    elif environment.KAGGLE_INPUT.is_dir():
+        demo = f"not {root / SYNTHETIC_DEFAULT} (a Kaggle input mount exists)"
+    else:
+        demo = f"{root / SYNTHETIC_DEFAULT} (no data there)"
     raise FileNotFoundError(
-        "no Carvana data found: pass data_dir=..., set $KAGGLE_UTILS_DATA, attach the competition "
-        f"'{COMPETITION}' to the Kaggle notebook (mounted under {environment.KAGGLE_INPUT}), "
-        "download it with `kaggle competitions download -c carvana-image-masking-challenge`, "
-        "or generate a synthetic set with `python -m kaggle_utils.synthetic OUT`"
+        f"no Carvana data found (tried {environment.KAGGLE_INPUT.resolve()}/*, {demo}): pass "
+        f"data_dir=..., set ${ENV_VAR}, run `make demo` (writes data/synthetic), attach the "
+        f"competition '{COMPETITION}' to the Kaggle notebook (mounted under "
+        f"{environment.KAGGLE_INPUT}), download it with `kaggle competitions download -c "
+        f"{COMPETITION}`, or generate a synthetic set with `python -m kaggle_utils.synthetic OUT`"
     )

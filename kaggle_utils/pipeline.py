@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -206,31 +207,50 @@ def run_plan(plan: Plan, jobs: int = 1, notebook_dir: Path = NOTEBOOK_DIR) -> li
     return results
 
 
-def summarize(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> str:
+def summarize(
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    since: float | None = None,
+) -> str:
     """What the run reached: best Dice per member stage, the ensemble's OOF Dice, and the
-    submission's score where the test truth is known (the synthetic data ships it)."""
+    submission's score where the test truth is known (the synthetic data ships it).
+
+    ``since``: the run's start (``time.time()``). An output older than that was not written by
+    this run (its step failed or was skipped): it is named as stale, never reported as a result.
+    """
     import pandas as pd
     import yaml
 
     run = Path(run_dir)
-    lines = []
-    tables = [pd.read_csv(p) for p in sorted(run.glob("**/stages.csv"))]
+    lines: list[str] = []
+    stale: list[Path] = []
+
+    def fresh(path: Path) -> bool:
+        ok = since is None or path.stat().st_mtime >= since - 1.0  # coarse file clocks
+        if not ok:
+            stale.append(path)
+        return ok
+
+    tables = [pd.read_csv(p) for p in sorted(run.glob("**/stages.csv")) if fresh(p)]
     if tables:
         stages = pd.concat(tables)[["member", "stage_name", "best_dice", "time_s"]]
         lines.append("validation Dice (held-out cars, full resolution):")
         lines.append(stages.to_string(index=False))
-    if (run / "ensemble.yaml").is_file():
+    if (run / "ensemble.yaml").is_file() and fresh(run / "ensemble.yaml"):
         spec = yaml.safe_load((run / "ensemble.yaml").read_text())
         submitted = (spec.get("scores") or {}).get("oof_dice_submitted")
         extra = f" (as 06 submits it: {submitted})" if submitted is not None else ""
         lines.append(f"ensemble OOF Dice: {spec.get('oof_dice')}{extra}")
     truth = Path(data_dir) / "test_masks.csv" if data_dir else None
     sub = run / "submission.csv.gz"
-    if sub.is_file() and truth is not None and truth.is_file():
+    if sub.is_file() and fresh(sub) and truth is not None and truth.is_file():
         from kaggle_utils.predict import score_submission
 
         scores = score_submission(sub, truth, shape=_image_shape(Path(data_dir)))
         lines.append(f"submission score on the synthetic test masks: {scores['dice'].mean():.5f}")
+    for path in stale:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
+        lines.append(f"not written by this run (left from {when}, not reported): {path}")
     return "\n".join(lines)
 
 
@@ -274,11 +294,11 @@ def stage_up(
     from kaggle_utils import plots
     from kaggle_utils.atomic import atomic_write_text
     from kaggle_utils.config import load_member
-    from kaggle_utils.environment import resolve_run_dir
+    from kaggle_utils.environment import project_path, resolve_run_dir
     from kaggle_utils.notebook import REPO_NOTEBOOKS, execute_notebook
     from kaggle_utils.runs import stage_dir_for, stage_hash, stage_status
 
-    member_path = Path(member_file).resolve()
+    member_path = project_path(member_file).resolve()
     member = load_member(member_path, overrides)
     fold = member.fold if fold is None else int(fold)
     run_path = resolve_run_dir(run_dir).resolve()
@@ -301,7 +321,7 @@ def stage_up(
                     "member_file": str(member_path),
                     "stage": i,
                     "fold": fold,
-                    "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+                    "data_dir": str(project_path(data_dir).resolve()) if data_dir else None,
                     "run_dir": str(run_path),
                     "init_checkpoint": str(init) if init else None,
                     "device": device,
@@ -336,25 +356,169 @@ def stage_up(
     return table
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+STEP_HELP = {
+    "01": "EDA of the competition files (once)",
+    "02": "folds grouped by car -> <run_dir>/folds.csv (once)",
+    "04": "stage-up, per member and fold: 03_train_member once per stage, each from the "
+    "previous stage's best.pt; finished stages are skipped",
+    "05": "ensemble: OOF-tuned weights and threshold -> <run_dir>/ensemble.yaml",
+    "06": "submit: test predictions -> <run_dir>/submission.csv.gz",
+}
+
+EXAMPLES = """\
+examples:
+  # what `make demo` runs: generate the synthetic data, then every step
+  python -m kaggle_utils.pipeline params/demo/ensemble.yaml --data-dir data/synthetic \\
+      --run-dir runs/demo --make-synthetic
+  # the same plan, and which stages are finished / would resume / are new; writes nothing
+  kaggle-utils-pipeline params/demo/ensemble.yaml --make-synthetic --dry-run
+  # train the members only (step 04); the other steps are not run
+  kaggle-utils-pipeline params/demo/ensemble.yaml --only 04
+  # two members at a time (one GPU each when several are visible)
+  kaggle-utils-pipeline params/carvana/ensemble.yaml --data-dir data/carvana --jobs 2
+"""
+
+
+class UsageError(Exception):
+    """A mistake in the command line or the files it names: one line, exit status 2."""
+
+
+def _help_epilog() -> str:
+    """The steps, generated from STEPS so the help cannot drift from what runs."""
+    lines = ["steps (in order; --only and --from select them):"]
+    for step in STEPS:
+        head = f"  {step.key}  {step.notebook:<19} "
+        text = textwrap.wrap(STEP_HELP[step.key], 96 - len(head))
+        lines += [head + text[0], *(" " * len(head) + t for t in text[1:])]
+    lines.append("  (03_train_member has no step of its own: 04 runs it once per stage)")
+    return "\n".join(lines) + "\n\n" + EXAMPLES
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kaggle-utils-pipeline",
-        description="Run the numbered notebooks with papermill for an ensemble parameter file.",
+        usage="%(prog)s params/<set>/ensemble.yaml [options]",
+        description=(
+            "Run the numbered notebooks with papermill for one ensemble parameter file "
+            "(params/<set>/ensemble.yaml, which lists its member files beside it)."
+        ),
+        epilog=_help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("ensemble", help="params/<ensemble>.yaml")
-    parser.add_argument("--data-dir", help="competition files (folder or Kaggle zips)")
+    parser.add_argument(
+        "ensemble", metavar="params/<set>/ensemble.yaml", help="the ensemble parameter file"
+    )
+    parser.add_argument(
+        "--data-dir", help="competition files, a folder or Kaggle's zips (default: its data_dir)"
+    )
     parser.add_argument("--run-dir", help="where results go (default: the ensemble's run_dir)")
-    parser.add_argument("--only", help="comma-separated steps to run, e.g. 01,02")
+    parser.add_argument(
+        "--only", help=f"comma-separated steps to run, e.g. 04 or 01,02 ({', '.join(STEP_HELP)})"
+    )
     parser.add_argument("--from", dest="start", help="start at this step, e.g. 04")
-    parser.add_argument("--jobs", type=int, default=1, help="members trained in parallel")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="members trained in parallel in step 04 (default 1)"
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the notebooks' own)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan and each stage's state (finished, resume, new); run nothing",
+    )
     parser.add_argument(
         "--make-synthetic",
         action="store_true",
         help="generate the synthetic dataset into --data-dir first when it is not there",
     )
+    return parser
+
+
+def _last_pt_state(last_pt: Path, params_hash: str, epochs: int) -> str:
+    """What 03 will make of a last.pt: resume at its epoch, or start afresh (other parameters)."""
+    import torch
+
+    from kaggle_utils.engine.state import STATE_FORMAT
+
+    try:
+        ckpt = torch.load(last_pt, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:  # truncated or foreign file: 03 refuses it the same way
+        return f"last.pt unreadable ({type(exc).__name__}): delete it to start afresh"
+    state = ckpt.get("state") if isinstance(ckpt, dict) else None
+    if ckpt.get("params_hash") != params_hash or not isinstance(state, dict):
+        return "new (last.pt was written with other parameters: starts afresh)"
+    if state.get("format") != STATE_FORMAT:
+        return "new (last.pt holds no training state: starts afresh)"
+    return f"resume from epoch {int(state['epoch'])}/{epochs}"
+
+
+def _stage_state(stage_dir: Path, params_hash: str, epochs: int) -> str:
+    from kaggle_utils.runs import stage_status
+
+    status = stage_status(stage_dir, params_hash)
+    if status == "finished":
+        return "finished (skipped)"
+    if status == "resume":
+        return _last_pt_state(stage_dir / "last.pt", params_hash, epochs)
+    if (stage_dir / "metrics.json").exists():
+        return "new (finished with other parameters: trained again)"
+    return "new"
+
+
+def stage_report(ensemble_file: str | os.PathLike, run_dir: str | os.PathLike) -> str:
+    """Every member, fold and stage of an ensemble with what 04 would do to it in `run_dir`:
+    skip it (finished), resume it from last.pt, or train it from the start. Reads only."""
+    from kaggle_utils.config import load_ensemble, load_member
+    from kaggle_utils.runs import stage_dir_for, stage_hash
+
+    ensemble_path = Path(ensemble_file).resolve()
+    ens = load_ensemble(ensemble_path)
+    lines = [f"stages in {run_dir}:"]
+    for member_file in ens.member_paths(ensemble_path):
+        member = load_member(member_file)
+        for fold in ens.folds:
+            for i, stage in enumerate(member.stages):
+                stage_dir = stage_dir_for(run_dir, member, i, fold)
+                state = _stage_state(stage_dir, stage_hash(member, i, fold), stage.epochs)
+                where = f"{member.name} fold {fold} {member.stage_name(i)}"
+                lines.append(f"    {where:<44} {state}")
+    return "\n".join(lines)
+
+
+def _check_data_dir(plan: Plan, ensemble_file: str, given: str | None, generate: bool) -> str:
+    """The data folder must exist before anything runs, unless --make-synthetic will make it."""
+    if plan.data_dir is None:
+        return "data: the notebooks' default (the Kaggle competition mount)"
+    if Path(plan.data_dir).exists():
+        return f"data: {plan.data_dir}"
+    if generate:
+        return f"data: {plan.data_dir} (missing: --make-synthetic generates it first)"
+    source = "--data-dir" if given else f"data_dir in {ensemble_file}"
+    raise UsageError(
+        f"data folder not found: {plan.data_dir} ({source}); pass --data-dir with the "
+        "competition files, or --make-synthetic to generate the synthetic set there"
+    )
+
+
+def _one_line(message: str) -> str:
+    """A config message of one problem ("file: invalid parameters:\\n  key ...") on one line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return " ".join(lines) if len(lines) <= 2 else message.strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; a user's mistake (file, key, folder) prints one message and exits 2."""
+    from kaggle_utils.config import ConfigError
+
+    parser = _parser()
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except (UsageError, ConfigError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     n_gpus = 0 if args.dry_run else gpu_count()
     plan = build_plan(
@@ -366,18 +530,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         n_gpus=n_gpus if args.jobs > 1 else 0,
     )
+    data_line = _check_data_dir(plan, args.ensemble, args.data_dir, args.make_synthetic)
     if args.dry_run:
         print(plan.describe())
+        print(data_line)
+        if any(job.step.per_member for job in plan.jobs):
+            print(stage_report(args.ensemble, plan.run_dir))
         return 0
     if args.make_synthetic:
         from kaggle_utils.config import load_ensemble
 
         ens = load_ensemble(args.ensemble)
-        data_dir = args.data_dir or ens.data_dir
-        if not data_dir:
+        if not plan.data_dir:
             parser.error("--make-synthetic needs --data-dir (or data_dir in the ensemble file)")
-        ensure_synthetic(data_dir, **(ens.synthetic or {}))
-    started = time.perf_counter()
+        ensure_synthetic(plan.data_dir, **(ens.synthetic or {}))
+    started, since = time.perf_counter(), time.time()
     results = run_plan(plan, jobs=max(1, args.jobs))
     failed = [r for r in results if not r.ok]
     print(
@@ -387,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for r in failed:
         print(f"   FAILED {r.label}: {r.error}", flush=True)
-    summary = summarize(plan.run_dir, plan.data_dir)
+    summary = summarize(plan.run_dir, plan.data_dir, since=since)
     if summary:
         from kaggle_utils.atomic import atomic_write_text
 

@@ -35,6 +35,7 @@ from kaggle_utils.inference import (
     normalise,
     pick_device,
 )
+from kaggle_utils.locks import submission_lock
 from kaggle_utils.precision import precision_for
 from kaggle_utils.refine import to_guide
 from kaggle_utils.submit_resume import check_resume, resume_settings, save_fingerprint
@@ -170,45 +171,51 @@ def predict_submission(
     plan = _Plan(members, dev, out_shape, tta, mode, threshold, guided, precision)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    settings = resume_settings(tta, mode, threshold, largest_component, guided)
-    check_resume(out_path, members, **settings, restart=restart)
-    writer = SubmissionWriter(
-        out_path, ids, chunk_size=chunk_size, shape=out_shape, workers=encode_workers
-    )
-    save_fingerprint(out_path, members, **settings)
-    todo = writer.pending_ids()
-    done = len(ids) - len(todo)
-    if done:
-        print(f"resuming {out_path.name}: {done} of {len(ids)} images already written", flush=True)
-    workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-    loader = DataLoader(
-        TestImages(store, todo, plan.sizes, plan.guide_size),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=dev.type == "cuda",
-        prefetch_factor=2 if workers > 0 else None,
-    )
-    old_threads = torch.get_num_threads()
-    _cpu_setup(dev, workers, cpu_threads)
-    started = time.perf_counter()
-    bar = _progress_bar(progress, len(ids), done)
-    try:
-        n = _write_batches(plan, loader, todo, writer, largest_component, bar, on_batch, done)
-    finally:
-        torch.set_num_threads(old_threads)
-        if bar is not None:
-            bar.close()
-    if not out_path.is_file():
-        raise RuntimeError(f"{out_path} was not written: {len(writer.pending_ids())} rows pending")
-    seconds = time.perf_counter() - started
-    rate = n / seconds if seconds > 0 else float("nan")
-    print(
-        f"wrote {out_path} ({len(ids)} images; {n} predicted now in {seconds:.1f} s, "
-        f"{rate:.2f} images/s, {plan.precision}); validated",
-        flush=True,
-    )
-    return PredictResult(out_path, len(ids), seconds, rate, out_shape, done)
+    # one writer per submission: a second 06 on this file fails here, naming the first
+    with submission_lock(out_path):
+        settings = resume_settings(tta, mode, threshold, largest_component, guided)
+        check_resume(out_path, members, **settings, restart=restart)
+        writer = SubmissionWriter(
+            out_path, ids, chunk_size=chunk_size, shape=out_shape, workers=encode_workers
+        )
+        save_fingerprint(out_path, members, **settings)
+        todo = writer.pending_ids()
+        done = len(ids) - len(todo)
+        if done:
+            print(
+                f"resuming {out_path.name}: {done} of {len(ids)} images already written", flush=True
+            )
+        workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+        loader = DataLoader(
+            TestImages(store, todo, plan.sizes, plan.guide_size),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=dev.type == "cuda",
+            prefetch_factor=2 if workers > 0 else None,
+        )
+        old_threads = torch.get_num_threads()
+        _cpu_setup(dev, workers, cpu_threads)
+        started = time.perf_counter()
+        bar = _progress_bar(progress, len(ids), done)
+        try:
+            n = _write_batches(plan, loader, todo, writer, largest_component, bar, on_batch, done)
+        finally:
+            torch.set_num_threads(old_threads)
+            if bar is not None:
+                bar.close()
+        if not out_path.is_file():
+            raise RuntimeError(
+                f"{out_path} was not written: {len(writer.pending_ids())} rows pending"
+            )
+        seconds = time.perf_counter() - started
+        rate = n / seconds if seconds > 0 else float("nan")
+        print(
+            f"wrote {out_path} ({len(ids)} images; {n} predicted now in {seconds:.1f} s, "
+            f"{rate:.2f} images/s, {plan.precision}); validated",
+            flush=True,
+        )
+        return PredictResult(out_path, len(ids), seconds, rate, out_shape, done)
 
 
 def _cpu_setup(dev: torch.device, workers: int, cpu_threads: int | None) -> None:

@@ -160,13 +160,39 @@ def _write_part(path: str, text: bytes, rows: int, level: int) -> int:
     return rows
 
 
-def _read_part_head(path: Path) -> tuple[int, int, int]:
-    with open(path, "rb") as f:
-        raw = f.read(_PART_HEAD.size)
-    if len(raw) != _PART_HEAD.size or raw[:8] != _PART_MAGIC:
-        raise SubmissionError(f"{path} is not a submission part file (delete it to redo its rows)")
-    _, crc, length, rows = _PART_HEAD.unpack(raw)
-    return crc, length, rows
+def _part_fault(path: Path, ids: list[str]) -> str | None:
+    """Why a part file cannot go into the submission (None: it is sound).
+
+    Inflates the part and checks what its header promises (CRC-32, length, rows) and that its
+    rows are exactly ``ids`` in order: a torn or bit-flipped part is found here, naming the file,
+    instead of as a CRC error in the joined ``submission.csv.gz``.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    if len(raw) < _PART_HEAD.size or raw[:8] != _PART_MAGIC:
+        return f"not a submission part file ({len(raw)} bytes, no part header)"
+    _, crc, length, rows = _PART_HEAD.unpack(raw[: _PART_HEAD.size])
+    if rows != len(ids):
+        return f"holds {rows} rows, its chunk has {len(ids)}"
+    try:
+        text = zlib.decompressobj(-15).decompress(raw[_PART_HEAD.size :])
+    except zlib.error as exc:
+        return f"corrupt deflate data ({exc})"
+    if len(text) != length or zlib.crc32(text) != crc:
+        return f"truncated or corrupt (CRC-32/length check failed: {len(text)} of {length} bytes)"
+    got = [line.partition(b",")[0].decode("utf-8", "replace") for line in text.splitlines()]
+    if got != ids:
+        wrong = next((g for g, i in zip(got, ids, strict=False) if g != i), "(row count)")
+        return f"its rows are not its chunk's ids (first wrong: {wrong})"
+    return None
+
+
+def _chunk_number(path: Path) -> int | None:
+    """``part-000012.bin`` -> 12; None for a name the writer never makes."""
+    digits = path.stem.partition("-")[2]
+    return int(digits) if digits.isdigit() else None
 
 
 _worker_mask_fn: Callable | None = None
@@ -272,12 +298,17 @@ class SubmissionWriter:
             self.parts_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         done = set()
-        for p in self.parts_dir.glob("part-*.bin"):
-            c = int(p.stem.split("-")[1])
-            _, _, rows = _read_part_head(p)
-            if c >= self.n_chunks or rows != len(self._chunk_ids(c)):
-                raise SubmissionError(f"{p} does not fit this submission; delete it")
-            done.add(c)
+        for p in sorted(self.parts_dir.glob("part-*.bin")):
+            c = _chunk_number(p)
+            fault = "not a chunk of this submission" if c is None or c >= self.n_chunks else None
+            fault = fault or _part_fault(p, self._chunk_ids(c))  # type: ignore[arg-type]
+            if fault is None:
+                done.add(c)
+                continue
+            rows = len(self._chunk_ids(c)) if c is not None and c < self.n_chunks else 0
+            redo = f"its {rows} rows are predicted again" if rows else "nothing needs it"
+            print(f"dropping {p}: {fault}; {redo}", flush=True)
+            p.unlink(missing_ok=True)
         return done
 
     def _chunk_ids(self, c: int) -> list[str]:
@@ -462,6 +493,7 @@ class SubmissionWriter:
                 f"{len(missing)} of {self.n_chunks} chunks of {self.out_path.name} are not "
                 f"written yet (first missing row: {first}); add the rest, then finalize"
             )
+        self._check_parts()
         header = f"{HEADER}\n".encode()
         level = self.compresslevel
 
@@ -471,19 +503,41 @@ class SubmissionWriter:
             f.write(_deflate_piece(header, level))
             for c in range(self.n_chunks):
                 with open(self._part_path(c), "rb") as part:
-                    magic, pcrc, plen, _ = _PART_HEAD.unpack(part.read(_PART_HEAD.size))
-                    if magic != _PART_MAGIC:
-                        raise SubmissionError(f"{self._part_path(c)} is not a part file")
+                    _, pcrc, plen, _ = _PART_HEAD.unpack(part.read(_PART_HEAD.size))
                     crc, total = crc32_combine(crc, pcrc, plen), total + plen
                     shutil.copyfileobj(part, f, 1 << 20)
             f.write(_FINAL_BLOCK)
             f.write(struct.pack("<II", crc, total & 0xFFFFFFFF))
 
-        atomic_write(self.out_path, join)
-        if validate:
-            validate_submission(self.out_path, self.ids, self.shape)
+        # joined under a temporary name: the final name only ever holds a checked file
+        joined = self.out_path.with_name(f".joining.{self.out_path.name}")  # still ends .gz
+        try:
+            atomic_write(joined, join)
+            if validate:
+                validate_submission(joined, self.ids, self.shape)
+            os.replace(joined, self.out_path)
+        except SubmissionError as exc:
+            raise SubmissionError(
+                f"{self.out_path} not written (its parts stay in {self.parts_dir}): {exc}"
+            ) from None
+        finally:
+            joined.unlink(missing_ok=True)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         return self.out_path
+
+    def _check_parts(self) -> None:
+        """Before the join: every part must be sound. A bad one is deleted (its rows then count
+        as pending, so a rerun predicts them again) and the error names it."""
+        for c in range(self.n_chunks):
+            path = self._part_path(c)
+            fault = _part_fault(path, self._chunk_ids(c))
+            if fault is not None:
+                path.unlink(missing_ok=True)
+                self._done.discard(c)
+                raise SubmissionError(
+                    f"{path}: {fault}; deleted it, {self.out_path.name} not written: run again "
+                    f"to predict its {len(self._chunk_ids(c))} rows (the other parts resume)"
+                )
 
     def __enter__(self) -> SubmissionWriter:
         return self
@@ -539,9 +593,19 @@ def _check_batch(rles: list[bytes | None], n_pixels: int) -> tuple[list[int], in
 
 
 def _iter_lines(path: Path) -> Iterator[bytes]:
+    """The file's lines; a truncated or corrupt gzip fails as one line naming the file."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        yield from f
+    n = 0
+    try:
+        with opener(path, "rb") as f:
+            for line in f:
+                n += 1
+                yield line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise SubmissionError(
+            f"{path} is truncated or corrupt after {n} lines ({type(exc).__name__}: {exc}; "
+            f"{path.stat().st_size} bytes): write it again (rerun 06_submit; its parts resume)"
+        ) from None
 
 
 def validate_submission(

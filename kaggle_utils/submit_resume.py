@@ -1,6 +1,11 @@
 """The resume fingerprint of 06's submission: which members and settings wrote the parts of an
 interrupted run (``<out>.parts/predict.json``), so that another ensemble's parts are never resumed
 silently.
+
+Checkpoints inside the run folder (the submission's own folder) are recorded relative to it, so a
+run folder that was moved or copied (to another disk, into a Kaggle dataset) still resumes;
+checkpoints elsewhere (upstream kernels' outputs) stay absolute. Fingerprints of earlier versions,
+absolute throughout, are read the same way.
 """
 
 from __future__ import annotations
@@ -14,11 +19,21 @@ from kaggle_utils.config import GuidedFilterConfig
 from kaggle_utils.inference import Member
 
 
-def _fingerprint(members: Sequence[Member], **settings: Any) -> dict:
+def _checkpoint_key(checkpoint: str | Path, run_dir: Path) -> str:
+    """A checkpoint (absolute, or relative to the working directory) as the fingerprint records
+    it: relative to `run_dir` when inside it (POSIX separators), else absolute."""
+    path = Path(checkpoint).resolve()
+    try:
+        return path.relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _fingerprint(members: Sequence[Member], run_dir: Path, **settings: Any) -> dict:
     return {
         "members": [
             {
-                "checkpoint": str(Path(m.checkpoint).resolve()),
+                "checkpoint": _checkpoint_key(m.checkpoint, run_dir),
                 "weight": round(m.weight, 6),
                 "size": list(m.size),
             }  # fmt: skip
@@ -44,11 +59,27 @@ def check_resume(out_path: Path, members: Sequence[Member], restart: bool, **set
         return
     path = _fingerprint_path(out_path)
     old = json.loads(path.read_text()) if path.is_file() else None
-    if old is not None and old != _fingerprint(members, **settings):
+    if old is not None and _readable(old, out_path.parent) != _fingerprint(
+        members, out_path.parent, **settings
+    ):
         raise ValueError(
             f"{parts} holds parts of an interrupted run with other members or settings "
             f"({old}); delete that folder or pass restart=True"
         )
+
+
+def _readable(old: Any, run_dir: Path) -> Any:
+    """A stored fingerprint with its checkpoints as `_fingerprint` writes them now (an earlier
+    version's absolute paths inside the run folder become relative)."""
+    if not isinstance(old, dict) or not isinstance(old.get("members"), list):
+        return old
+    members = [
+        {**m, "checkpoint": _checkpoint_key(m["checkpoint"], run_dir)}
+        if isinstance(m, dict) and Path(str(m.get("checkpoint"))).is_absolute()
+        else m  # already relative to the run folder
+        for m in old["members"]
+    ]
+    return {**old, "members": members}
 
 
 def save_fingerprint(out_path: Path, members: Sequence[Member], **settings: Any) -> None:
@@ -56,7 +87,8 @@ def save_fingerprint(out_path: Path, members: Sequence[Member], **settings: Any)
 
     from kaggle_utils.atomic import atomic_write_text
 
-    atomic_write_text(_fingerprint_path(out_path), json.dumps(_fingerprint(members, **settings)))
+    record = _fingerprint(members, out_path.parent, **settings)
+    atomic_write_text(_fingerprint_path(out_path), json.dumps(record))
 
 
 def resume_settings(

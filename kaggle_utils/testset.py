@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kaggle_utils.imageio import gray_guide
+from kaggle_utils.imageio import ImageDecodeError, gray_guide
 
 
 class TestImages(Dataset):
@@ -46,8 +46,10 @@ class TestImages(Dataset):
         guide = [self.guide_size] if self.guide_size is not None else []
         try:  # one reduced decode per libjpeg scale, shared by the members and the guide
             images = decode_jpeg_sizes(data, [*self.sizes, *guide], name=label)
-        except Exception as exc:
-            raise ValueError(f"cannot decode test image {label}: {exc}") from exc
+        except ImageDecodeError as exc:  # one line naming the file, its size, the fault, the fix
+            raise ImageDecodeError(
+                f"cannot decode test image {label}: {exc.detail}", exc.detail
+            ) from None
         out: dict[str, Any] = {"index": i}
         for k, img in enumerate(images[: len(self.sizes)]):
             out[f"image{k}"] = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
@@ -63,8 +65,10 @@ def image_shape(store: Any, name: str) -> tuple[int, int]:
     label = store.describe(name)
     try:
         return tuple(jpeg_size(store.read_bytes(name), label))  # type: ignore[return-value]
-    except ValueError as exc:
-        raise ValueError(f"cannot read test image {label}: {exc}") from exc
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(
+            f"cannot read test image {label}: {exc.detail}", exc.detail
+        ) from None
 
 
 def select_ids(

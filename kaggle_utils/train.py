@@ -152,7 +152,23 @@ def _parser() -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m kaggle_utils.train MEMBER.yaml [--stage N ...]`: one stage without a notebook."""
+    """`python -m kaggle_utils.train MEMBER.yaml [--stage N ...]`: one stage without a notebook.
+
+    A user's error (a bad member file, a missing input, a stage folder another run holds) is one
+    line on stderr and exit code 2; anything else keeps its traceback."""
+    import sys
+
+    from kaggle_utils.config import ConfigError
+    from kaggle_utils.locks import LockHeldError
+
+    try:
+        return _main(argv)
+    except (ConfigError, FileNotFoundError, LockHeldError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     overrides = dict(item.split("=", 1) for item in args.set)

@@ -172,6 +172,60 @@ def mask_overlay_browser(
 
 
 # --------------------------------------------------------------------------- boundary weight viewer
+BAND_COLOR = (1.0, 0.55, 0.0)  # the boundary band
+REST_COLOR = (0.25, 0.45, 0.85)  # every other pixel (car interior and background alike)
+
+
+def _weight_levels(w: np.ndarray, band: np.ndarray, boundary_weight: float) -> dict[str, float]:
+    """The map's two levels, raw (1 and 1 + boundary_weight) and as the loss uses them: scaled so
+    each image's weights average 1 (`losses.boundary_weights`)."""
+    rest = float(w[~band].mean()) if (~band).any() else float(w.mean())
+    return {
+        "raw_band": 1.0 + boundary_weight,
+        "raw_rest": 1.0,
+        "band_weight": float(w[band].mean()) if band.any() else rest,
+        "rest_weight": rest,
+    }
+
+
+def _weight_figure(
+    rgb: np.ndarray, band: np.ndarray, levels: dict[str, float], name: str, k: int, width_px: int
+) -> Figure:
+    """The two-level weight map over the grey image, with a legend naming each level's raw and
+    normalised weight (a continuous colour bar would suggest levels that do not exist)."""
+    from matplotlib.patches import Patch
+
+    h, wd = rgb.shape[:2]
+    fig = Figure(figsize=(width_px / 100, width_px / 100 * h / wd + 1.3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(rgb.mean(axis=2), cmap="gray", vmin=0, vmax=255)
+    tint = np.zeros((h, wd, 4), np.float32)
+    tint[~band] = (*REST_COLOR, 0.25)
+    tint[band] = (*BAND_COLOR, 0.85)
+    ax.imshow(tint, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(
+        f"{name} at {h}x{wd}, kernel {k} px\nloss weight per pixel, scaled to mean 1 per image",
+        fontsize=9,
+    )
+    handles = [
+        Patch(
+            color=BAND_COLOR,
+            label=f"boundary band: weight {levels['raw_band']:g} "
+            f"(1 + boundary weight)\n    -> {levels['band_weight']:.2f} after scaling",
+        ),
+        Patch(
+            color=REST_COLOR,
+            alpha=0.4,
+            label=f"interior and background: weight 1\n    -> {levels['rest_weight']:.2f} after scaling",
+        ),
+    ]
+    ax.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, frameon=False
+    )
+    return fig
+
+
 def boundary_weight_viewer(
     data,
     index: pd.DataFrame,
@@ -179,7 +233,7 @@ def boundary_weight_viewer(
     boundary_weight: float = 2.0,
     width_px: int = 640,
 ) -> Viewer:
-    """The loss's per-pixel weights as a heat map over the image.
+    """The loss's per-pixel weights over the image: two levels (band, rest), raw and scaled.
 
     The mask comes from ``CarvanaDataset`` at the training ``size`` and the weights from
     ``losses.boundary_weights`` on that tensor, i.e. exactly what the loss computes for this image.
@@ -234,23 +288,17 @@ def boundary_weight_viewer(
             weights = boundary_weights(mask[None].float(), kernel=k, boundary_weight=bw)
         w = weights[0, 0].numpy().astype(np.float32)
         band = w > w.min() + 1e-6 if w.max() - w.min() > 1e-6 else np.zeros(w.shape, bool)
+        levels = _weight_levels(w, band, bw)
         v.arrays = {"image": rgb, "mask": mask[0].numpy(), "weights": w, "band": band}
-        v.info = {"kernel": k, "weight": bw, "band_pixels": int(band.sum())}
-        h, wd = rgb.shape[:2]
-        fig = Figure(
-            figsize=(width_px / 100, width_px / 100 * h / wd * 0.9 + 0.3), layout="constrained"
-        )
-        ax = fig.add_subplot()
-        ax.imshow(rgb.mean(axis=2), cmap="gray", vmin=0, vmax=255)
-        heat = ax.imshow(np.ma.masked_where(~band, w), cmap="inferno", alpha=0.75, vmin=w.min())
-        ax.set_axis_off()
-        ax.set_title(f"{v.setting('id')} at {h}x{wd}: kernel {k}, boundary weight {bw}", fontsize=9)
-        fig.colorbar(heat, ax=ax, fraction=0.035, pad=0.01, label="loss weight")
+        v.info = {"kernel": k, "weight": bw, "band_pixels": int(band.sum()), **levels}
         v.caption.value = (
-            f"<b>{v.setting('id')}</b> at training size {h}x{wd}: kernel {k} px, boundary weight {bw}: "
-            f"band {band.sum():,} px ({band.mean():.2%}); weights {w.min():.3f}..{w.max():.3f} "
-            f"(mean {w.mean():.3f})"
+            f"<b>{v.setting('id')}</b> at training size {rgb.shape[0]}x{rgb.shape[1]}: kernel {k} "
+            f"px, boundary weight {bw}: band {band.sum():,} px ({band.mean():.2%}); weights "
+            f"{w.min():.3f}..{w.max():.3f} (mean {w.mean():.3f})"
         )
+        fig = _weight_figure(rgb, band, levels, f"{v.setting('id')}", k, width_px)
+        v.info["legend"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        v.info["colorbars"] = len(fig.axes) - 1  # none: two levels need a legend, not a scale
         return figure_png(fig)
 
     return Viewer(controls, draw, width_px)

@@ -84,17 +84,30 @@ def lab(tmp_path, repo_root):
     (root / "notebooks").mkdir(parents=True)
     shutil.copy(repo_root / "notebooks" / "01_eda.ipynb", root / "notebooks")
     data = generate(tmp_path / "data", n_train_cars=2, n_test_cars=1, size=(160, 240), seed=3)
+    with _serve(tmp_path, root, repo_root, {"KAGGLE_UTILS_DATA": str(data)}) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serve(tmp_path: Path, root: Path, repo_root: Path, extra_env: dict[str, str]):
+    """Run JupyterLab over `root` (kernels start in the notebook's folder, as for a user) until
+    the block ends; its log is tmp_path/jupyterlab.log."""
     settings = tmp_path / "settings"
     for rel, values in LAB_SETTINGS.items():
         (settings / rel).parent.mkdir(parents=True, exist_ok=True)
         (settings / rel).write_text(json.dumps(values))
     port = _free_port()
     env = {
-        **os.environ,
-        "KAGGLE_UTILS_DATA": str(data),
+        # the user's shell: no data or project root pointed at by the environment
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("KAGGLE_UTILS_DATA", "KAGGLE_UTILS_PROJECT_ROOT")
+        },
         "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter_config"),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter_runtime"),
         "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")]),
+        **extra_env,
     }
     log = (tmp_path / "jupyterlab.log").open("wb")
     cmd = [
@@ -276,6 +289,108 @@ def test_eda_notebook_widgets_in_jupyterlab(lab):
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "99_failure.png"), full_page=True)
             (ARTIFACTS / "console.log").write_text("\n".join(console))
+            raise
+        finally:
+            browser.close()
+
+
+# The demo member's stand-in: the same name and file as params/demo's, trains in seconds on CPU.
+TINY_DEMO_MEMBER = """\
+name: unet_resnet18
+model: {arch: unet, encoder: resnet18, encoder_weights: null, decoder_channels: [16, 16, 8, 8, 8]}
+loss: {bce: 1.0, dice: 1.0, boundary_weight: 2.0}
+optimizer: {name: adamw, lr: 0.003}
+batch_size: 4
+n_folds: 2
+fold: 0
+num_workers: 0
+stages:
+  - {size: 32x64, epochs: 1}
+"""
+
+
+@pytest.fixture()
+def demo_lab(tmp_path, repo_root):
+    """A project as `make demo` leaves it (params/demo, data/synthetic at the root; runs/demo is
+    written by 03 here), served by JupyterLab with nothing in the environment pointing at it:
+    the kernels start in notebooks/ and must find the root by themselves."""
+    _requirements()
+    from kaggle_utils.synthetic import generate
+
+    root = tmp_path / "project"
+    shutil.copytree(repo_root / "params" / "demo", root / "params" / "demo")
+    (root / "params" / "demo" / "unet_resnet18.yaml").write_text(TINY_DEMO_MEMBER)
+    generate(root / "data" / "synthetic", n_train_cars=4, n_test_cars=1, size=(160, 240), seed=3)
+    (root / "notebooks").mkdir()
+    for name in ("01_eda.ipynb", "03_train_member.ipynb"):
+        shutil.copy(repo_root / "notebooks" / name, root / "notebooks")
+    with _serve(tmp_path, root, repo_root, {}) as url:
+        yield url, root
+
+
+def _run_all(page, url: str, notebook: str, timeout_s: float = 300) -> None:
+    """Open a notebook, Run All Cells, wait until every code cell has run (a number in each
+    prompt), and fail on an error output."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.goto(f"{url}/lab/tree/notebooks/{notebook}", wait_until="domcontentloaded")
+    panel = page.locator(".jp-NotebookPanel:has(.jp-Cell)").last
+    panel.locator(".jp-Cell").first.wait_for(timeout=60_000)
+    dialog = page.locator(".jp-Dialog")
+    try:
+        dialog.wait_for(timeout=3_000)
+        dialog.locator(".jp-mod-accept").click()
+    except PlaywrightTimeout:
+        pass
+    page.locator(".jp-StatusBar-TextItem", has_text="Idle").first.wait_for(timeout=60_000)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    prompts = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        texts = [t.strip() for t in prompts.all_inner_texts()]
+        if texts and all(any(ch.isdigit() for ch in t) for t in texts):
+            break
+        errors = page.locator(".jp-OutputArea-output[data-mime-type*='stderr']", has_text="Error")
+        if errors.count():
+            raise AssertionError(f"{notebook}: {errors.first.inner_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{notebook}: cells still running after {timeout_s}s: {texts}")
+        time.sleep(1)
+    errors = page.locator(".jp-OutputArea-output[data-mime-type*='stderr']", has_text="Error")
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def test_notebooks_as_shipped_find_the_demo_from_notebooks_dir(demo_lab):
+    """03 then 01, opened as shipped (no parameter edited) in a kernel started in notebooks/:
+    03 trains into <root>/runs/demo, 01 reads <root>/data/synthetic and shows 03's measured
+    Dice by angle beside its heuristics."""
+    url, root = demo_lab
+    sync_playwright = _requirements()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            _run_all(page, url, "03_train_member.ipynb")
+            page.screenshot(path=str(ARTIFACTS / "10_train_member.png"), full_page=True)
+            stage = root / "runs" / "demo" / "unet_resnet18" / "s1_32x64"
+            assert (stage / "oof.csv").is_file() and (stage / "metrics.json").is_file()
+            assert not (root / "notebooks" / "runs").exists()
+            assert page.locator(".jp-OutputArea-output img").count() >= 2  # curves, worst
+
+            _run_all(page, url, "01_eda.ipynb")
+            page.screenshot(path=str(ARTIFACTS / "11_eda_measured.png"), full_page=True)
+            text = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").inner_text()
+            assert str(root / "data" / "synthetic") in text  # make demo's data, found
+            assert "No measured Dice yet" not in text
+            measured = page.locator(
+                ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell",
+                has_text="measured_angle_difficulty",
+            )
+            assert measured.locator(".jp-OutputArea-output img").count() == 1
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "19_failure.png"), full_page=True)
             raise
         finally:
             browser.close()

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from _tiny_run import make_run
 from matplotlib.figure import Figure
 
 from kaggle_utils import eda
@@ -42,14 +43,15 @@ def test_with_coverage_matches_the_masks(synth):
 def test_data_checks_pass_on_synthetic(synth):
     data, train, test = synth
     table = eda.data_checks(data, train, test, sample_size=1)
-    assert list(table.columns) == ["check", "value", "ok"]
     checks = dict(zip(table["check"], table["value"], strict=True))
     assert checks["train images"] == len(train) == 4 * 16
     assert checks["train cars"] == 4
     assert checks["cars with all 16 angles"] == "4/4"
     assert checks["test images"] == len(test)
     assert checks["mask size (HxW)"] == "160x240"
-    assert table["ok"].dropna().astype(bool).all(), table
+    assert table["ok"].dtype == bool and table["ok"].all(), table  # a real verdict on every row
+    assert list(table.columns) == ["check", "value", "ok", "note"]
+    assert table.set_index("check").loc["train_hq present", "note"].startswith("optional")
 
 
 def test_data_checks_flag_a_missing_angle(synth):
@@ -143,3 +145,96 @@ def test_real_sample_checks_and_coverage(real_sample):
     one = data.load_mask(train["id"].iloc[3])
     assert cov["coverage"].iloc[3] == pytest.approx(one.mean(), abs=1e-9)
     assert cv2.countNonZero(one) > 0
+
+
+def _whole_ticks(ax) -> bool:
+    lo, hi = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    return bool(ticks) and all(float(t).is_integer() for t in ticks)
+
+
+def test_count_plots_have_whole_number_ticks(synth):
+    """Two or four cars: the count axes show 0, 1, 2 ... never half a car."""
+    data, train, _ = synth
+    train = eda.with_coverage(data, train)
+    fig = eda.plot_metadata(train)
+    fig.canvas.draw()
+    counted = [ax for ax in fig.axes if ax.has_data()]
+    assert counted and all(_whole_ticks(ax) for ax in counted)
+    folds = folds_by_car(train, n_folds=2, stratify="coverage")
+    fig = eda.plot_fold_balance(folds, train)
+    fig.canvas.draw()
+    assert _whole_ticks(fig.axes[0]) and _whole_ticks(fig.axes[1])
+
+
+def test_difficulty_error_bars_never_go_below_zero():
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        {
+            "car": np.repeat(["a", "b", "c"], 16),
+            "angle": np.tile(np.arange(1, 17), 3),
+            # a skewed, mostly-zero share: its std exceeds its mean at most angles
+            "thin_frac": rng.exponential(0.0002, 48) * (rng.random(48) < 0.4),
+            "boundary_frac": rng.uniform(0.02, 0.04, 48),
+            "edge_contrast": rng.uniform(0.0, 0.2, 48),
+        }
+    )
+    fig = eda.plot_angle_difficulty(table)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert ax.get_ylim()[0] == 0
+        from matplotlib.container import ErrorbarContainer
+
+        (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        lows = [seg[:, 1].min() for seg in bars.lines[2][0].get_segments()]
+        assert min(lows) >= 0, lows
+
+
+@pytest.fixture()
+def run_dir(synth, tmp_path):
+    data, _, _ = synth
+    make_run(data, tmp_path / "run", n_val_cars=2)
+    return tmp_path / "run"
+
+
+def test_measured_angle_dice_from_the_run_folder(synth, run_dir):
+    data, train, _ = synth
+    oof = eda.read_oof_dice(run_dir)
+    assert list(oof.columns) == eda.OOF_COLUMNS
+    assert set(oof["source"]) == {"alpha/s1_64x96", "beta/s1_96x128"}
+    assert set(oof["angle"]) == set(range(1, 17))  # from the ids where oof.csv has no angle
+    diff = eda.angle_difficulty(data, eda.sample_cars(train, 1), size=(80, 120))
+    ranking = eda.angle_ranking(diff, oof, n=3)
+    measured = ranking.iloc[0]
+    assert measured["measure"].startswith("measured") and measured["shared with measured"] == 3
+    per_angle = oof.groupby("angle")["dice"].mean()
+    worst = ", ".join(f"{a:02d}" for a in per_angle.nsmallest(3).index)
+    assert measured["hardest 3 angles"] == worst
+    assert len(ranking) == 4 and ranking["rank correlation with measured"].iloc[0] == 1.0
+    fig = eda.measured_angle_difficulty(diff, run_dir)
+    assert isinstance(fig, Figure)
+    fig.canvas.draw()
+    bars = fig.axes[0].patches
+    assert len(bars) == 16
+    red = {i + 1 for i, b in enumerate(bars) if b.get_facecolor()[0] > 0.8}
+    assert red == set(per_angle.nsmallest(3).index)
+
+
+def test_measured_angle_dice_before_any_training(synth, tmp_path):
+    data, train, _ = synth
+    diff = eda.angle_difficulty(data, eda.sample_cars(train, 1), size=(80, 120))
+    note = eda.measured_angle_difficulty(diff, tmp_path / "empty-run")
+    assert "No measured Dice yet" in note.data and str(tmp_path / "empty-run") in note.data
+    assert "make demo" in note.data
+
+
+def test_final_stages_keep_each_members_last_stage():
+    oof = pd.DataFrame(
+        {
+            "source": ["m/s1_64x96", "m/s2_96x128", "m/fold1/s1_64x96", "n/s1_64x96"],
+            "id": ["a_01"] * 4,
+            "angle": [1] * 4,
+            "dice": [0.9, 0.95, 0.9, 0.8],
+        }
+    )
+    assert set(eda.final_stages(oof)["source"]) == {"m/s2_96x128", "m/fold1/s1_64x96", "n/s1_64x96"}

@@ -82,7 +82,7 @@ def test_bad_inputs_are_named():
     index = make_index()
     with pytest.raises(ValueError, match="stratify must be one of"):
         folds_by_car(index, stratify="year")
-    with pytest.raises(ValueError, match="22 cars cannot fill 30 folds"):
+    with pytest.raises(ValueError, match=r"22 cars \(352 images\) cannot fill 30 folds"):
         folds_by_car(index, n_folds=30)
     with pytest.raises(ValueError, match="'coverage' column"):
         folds_by_car(index.drop(columns="coverage"), stratify="coverage")
@@ -153,7 +153,8 @@ def test_split_by_car_is_disjoint(small_synthetic):
     index = train_index(find_data(small_synthetic))
     seen = []
     for fold in range(2):
-        train, val = split_by_car(index, 2, fold, seed=0)
+        train, val, source = split_by_car(index, 2, fold, seed=0)
+        assert source == f"split_by_car(n_folds=2, fold={fold}, seed=0, stratify=make)"
         assert not set(train["car"]) & set(val["car"])
         assert len(train) + len(val) == len(index)
         seen += list(val["id"])
@@ -165,11 +166,11 @@ def test_without_folds_csv_the_split_is_split_by_car_then_capped_by_car(tmp_path
     train, val, source = make_split(
         index, member(max_train_images=40, max_val_images=20), 1, tmp_path
     )
-    assert source == "split_by_car(n_folds=2, fold=1, seed=3)"
+    assert source == "split_by_car(n_folds=2, fold=1, seed=3, stratify=make)"
     assert (len(train), len(val)) == (40, 20)
     assert not set(train["car"]) & set(val["car"])
     assert val["car"].value_counts().max() == 16  # whole cars first, then part of the next one
-    full_train, full_val = split_by_car(index, 2, 1, seed=3)
+    full_train, full_val, _ = split_by_car(index, 2, 1, seed=3)
     assert set(train["id"]) <= set(full_train["id"]) and set(val["id"]) <= set(full_val["id"])
 
 
@@ -191,7 +192,8 @@ def test_folds_csv_from_02_wins(small_synthetic, tmp_path):
     folds = index[["id", "car"]].assign(fold=index["car"].map({c: int(c == cars[0]) for c in cars}))
     folds.to_csv(tmp_path / "folds.csv", index=False)
     train, val, source = make_split(index, member(), 1, tmp_path)
-    assert source.endswith("folds.csv") and set(val["car"]) == {cars[0]}
+    assert source == f"{tmp_path / 'folds.csv'} (stratified by unrecorded)"
+    assert set(val["car"]) == {cars[0]}
     assert cars[0] not in set(train["car"])
     with pytest.raises(ValueError, match="no fold 2"):
         make_split(index, member(n_folds=3), 2, tmp_path)
@@ -219,5 +221,25 @@ def test_folds_csv_from_an_upstream_kaggle_kernel_is_used(small_synthetic, tmp_p
     upstream.mkdir(parents=True)
     folds.to_csv(upstream / "folds.csv", index=False)
     train, val, source = make_split(index, member(), 1, "runs/demo")
-    assert source == str(upstream / "folds.csv")
+    assert source == f"{upstream / 'folds.csv'} (stratified by unrecorded)"
     assert set(val["car"]) == {cars[-1]} and cars[-1] not in set(train["car"])
+
+
+def test_the_split_label_says_what_it_was_stratified_by(tmp_path, capsys):
+    """A split that could not stratify by make says so in a line and in its label (issue 18)."""
+    index = make_index()
+    folds = folds_by_car(index, n_folds=3, stratify="make")
+    assert folds.attrs["source"] == "folds_by_car(n_folds=3, stratify=make, seed=0)"
+    save_folds(folds, tmp_path / "folds.csv")
+    _, _, source = make_split(index, member(), 1, tmp_path)
+    assert source == f"{tmp_path / 'folds.csv'} (stratified by make)"
+    no_make = index.assign(make=pd.NA)
+    by_cov = folds_by_car(no_make, n_folds=3, stratify="make")
+    assert by_cov.attrs["stratified_by"] == "coverage (no make)"
+    assert "folds stratified by coverage instead" in capsys.readouterr().out
+    unstrat = folds_by_car(no_make.drop(columns="coverage"), n_folds=3, stratify="make")
+    assert unstrat.attrs["stratified_by"] == "none (no make)"
+    assert not by_cov["fold"].equals(folds["fold"])  # a different split, a different label
+    _, _, source = split_by_car(no_make, 2, 0, seed=3)
+    assert source == "split_by_car(n_folds=2, fold=0, seed=3, stratify=none)"
+    assert "22 of 22 cars have no make" in capsys.readouterr().out

@@ -64,15 +64,16 @@ def test_zipped_index_equals_folder_index(small_synthetic, tmp_path):
     pd.testing.assert_frame_equal(test_index(zipped), test_index(folder))
 
 
-def test_index_without_gifs_or_metadata(small_synthetic, tmp_path):
+def test_index_without_gifs_or_metadata(small_synthetic, tmp_path, capsys):
     root = tmp_path / "csv_only"
     shutil.copytree(small_synthetic / "train", root / "train")
     shutil.copy(small_synthetic / "train_masks.csv", root)
     data = find_data(root)
     df = train_index(data)
-    assert len(df) == 64 and df["mask"].isna().all()
+    assert len(df) == 64 and (df["mask"] == "train_masks.csv").all()  # the rows hold the masks
     assert df["make"].isna().all()
     assert data.load_mask(df["id"].iloc[0]).shape == (160, 240)  # the CSV fallback
+    assert "no metadata.csv in" in capsys.readouterr().out  # said, not silent
 
 
 def test_bad_image_name_is_named(tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from kaggle_utils.kernels import (
     validate_tree,
 )
 from kaggle_utils.kernels import upload as push_module
-from kaggle_utils.kernels.build import NOTEBOOKS
+from kaggle_utils.kernels.build import NOTEBOOKS, build_package, wheel_command
 
 REPO = Path(__file__).resolve().parents[1]
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -310,6 +312,55 @@ def test_package_dataset_holds_wheel_and_params(built):
         "tiny__m1.yaml",
         "tiny__m2_unet.yaml",
     ]
+
+
+def test_package_licence_is_what_kaggle_takes_for_mit(built, kaggle_api):
+    """Kaggle has no MIT dataset licence: `other` ("specified in description") is the name the
+    kaggle CLI's own check takes, the description says MIT, and LICENSE ships beside the wheel."""
+    import zipfile
+
+    pkg = built / "_package"
+    meta = json.loads((pkg / "dataset-metadata.json").read_text())
+    ((licence,),) = [[lic["name"] for lic in meta["licenses"]]]
+    assert licence in kaggle_api.valid_dataset_license_names
+    with pytest.raises(ValueError, match="Invalid license"):  # the CLI's code refuses "MIT"
+        kaggle_api.dataset_list_with_response(license_name="MIT")
+    sent = len(kaggle_api.sent)
+    kaggle_api.dataset_list_with_response(license_name=licence)  # ours passes to the request
+    assert len(kaggle_api.sent) == sent + 1
+    assert "License: MIT" in meta["description"]
+    assert (pkg / "LICENSE").read_text() == (REPO / "LICENSE").read_text()
+    assert "Copyright (c) 2026 kaggle-utils contributors" in (REPO / "LICENSE").read_text()
+    (wheel,) = pkg.glob("kaggle_utils-*.whl")
+    assert any(n.endswith("/LICENSE") for n in zipfile.ZipFile(wheel).namelist())
+
+
+def test_build_prints_the_wheel_command_it_runs(tmp_path, capsys):
+    out = tmp_path / "my kernels"  # a space: the printed command must still paste as one
+    pkg = build_package(out, "alice")
+    lines = capsys.readouterr().out.splitlines()
+    (command,) = [line[2:] for line in lines if line.startswith("$ ")]
+    argv = shlex.split(command)
+    assert argv == wheel_command(pkg) and argv[0] == sys.executable
+    assert argv[argv.index("-w") + 1] == str(pkg.resolve())
+    assert list(pkg.glob("kaggle_utils-*.whl"))  # what that command built
+    (cwd,) = [line for line in lines if line.startswith("# in ")]
+    assert "clean copy of" in cwd and "$" not in cwd
+
+
+def test_cli_build_prints_a_push_command_that_runs(tmp_path, capsys, notebook_dir):
+    ensemble = _write_params(tmp_path, members=("m1",), folds=(0,))
+    out = tmp_path / "built kernels"
+    args = ["build", str(ensemble), "--owner", "alice", "--out", str(out), "--no-package"]
+    assert main([*args, "--notebooks", str(notebook_dir)]) == 0
+    (command,) = [line[2:] for line in capsys.readouterr().out.splitlines() if line[:2] == "$ "]
+    argv = shlex.split(command)
+    assert argv[:5] == ["python", "-m", "kaggle_utils.kernels", "push", str(out)]
+    done = subprocess.run(
+        [sys.executable, *argv[1:], "--dry-run"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "kernels push -p" in done.stdout
 
 
 def test_per_stage_kernels_chain_checkpoints(tmp_path, notebook_dir):

@@ -146,7 +146,7 @@ def test_ensemble_and_predict_never_import_each_other(graph):
 
 
 LAYERS = {
-    "io": "constants atomic environment allocator config imageio rle rle_kernel layout index synthetic",
+    "io": "constants atomic locks environment allocator config imageio rle rle_kernel layout index synthetic",
     "data": "dataset augment folds eda",
     "models": "models losses metrics refine postprocess checkpoint optim precision runs",
     "inference": "inference",

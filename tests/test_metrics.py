@@ -81,6 +81,7 @@ def test_full_res_dice_at_carvana_size():
         full_res_dice(probs, masks[:1])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_metrics_on_gpu():
     truth = torch.from_numpy(random_masks(4, 64, 96)).cuda()

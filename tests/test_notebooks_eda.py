@@ -16,7 +16,7 @@ if _wheels:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", _wheels[-1]], check=True)"""
 
 PARAMETERS = {
-    "01_eda.ipynb": {"data_dir", "sample_size"},
+    "01_eda.ipynb": {"data_dir", "sample_size", "run_dir"},
     "02_split.ipynb": {"data_dir", "run_dir", "n_folds", "stratify", "seed"},
 }
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -143,3 +143,43 @@ def test_split_notebook_on_real_sample(repo_root, tmp_path, real_sample):
     assert_valid_split(path, real_sample, 5)
     assert outputs_of(nb, "image/png")
     assert (pd.read_csv(path).groupby("fold")["car"].nunique() >= 9).all()  # 48 cars / 5 folds
+
+
+@pytest.mark.slow
+def test_eda_notebook_as_shipped_from_notebooks_dir(
+    repo_root, tmp_path, small_synthetic, monkeypatch
+):
+    """Opened in notebooks/ after `make demo` (data/synthetic and runs/demo at the project root),
+    01 finds both with no parameter changed, and shows the measured Dice by angle."""
+    import shutil
+
+    from _tiny_run import make_run
+
+    from kaggle_utils.layout import find_data
+
+    project = tmp_path / "project"
+    shutil.copytree(repo_root / "params" / "demo", project / "params" / "demo")
+    shutil.copytree(small_synthetic, project / "data" / "synthetic")
+    (project / "notebooks").mkdir()
+    make_run(find_data(small_synthetic), project / "runs" / "demo", n_val_cars=1)
+    monkeypatch.delenv("KAGGLE_UTILS_DATA", raising=False)
+    monkeypatch.delenv("KAGGLE_UTILS_PROJECT_ROOT", raising=False)
+    out = project / "notebooks" / "01_eda.ipynb"
+    execute_notebook(
+        repo_root / "notebooks" / "01_eda.ipynb", out, {"sample_size": 1}, cwd=project / "notebooks"
+    )
+    nb = nbformat.read(out, as_version=4)
+    assert errors_of(nb) == []
+    text = "".join(
+        out.get("text", "")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for out in c.outputs
+        if out.output_type == "stream"
+    )
+    assert str(project.resolve() / "data" / "synthetic") in text
+    measured = next(
+        c for c in nb.cells if "measured_angle_difficulty" in c.source and c.cell_type == "code"
+    )
+    assert [o.output_type for o in measured.outputs] == ["execute_result"]
+    assert "image/png" in measured.outputs[0]["data"]  # the figure, not the "no run yet" note

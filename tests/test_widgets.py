@@ -164,3 +164,21 @@ def test_prediction_error_viewer_resizes_low_res_probs_and_checks_input():
         widgets.prediction_error_viewer([image], [mask], [prob, prob])
     with pytest.raises(ValueError, match="probs of 0 must be a 2-D map in \\[0, 1\\]"):
         widgets.prediction_error_viewer([image], [mask], [prob * 3])
+
+
+def test_boundary_weight_viewer_says_what_the_two_levels_are(synth):
+    """A two-level map: a two-entry legend naming each level's raw weight and the weight after the
+    loss's mean-1 scaling (the number the slider shows is the raw one), no continuous colour bar."""
+    data, index = synth
+    v = widgets.boundary_weight_viewer(data, index.iloc[:1], size=SIZE, boundary_weight=5.0)
+    w, band = v.arrays["weights"], v.arrays["band"]
+    assert v.info["colorbars"] == 0
+    assert v.info["raw_band"] == 6.0 and v.info["raw_rest"] == 1.0
+    assert v.info["band_weight"] == pytest.approx(float(w.max()), rel=1e-6)
+    assert v.info["rest_weight"] == pytest.approx(float(w.min()), rel=1e-6)
+    assert v.info["band_weight"] / v.info["rest_weight"] == pytest.approx(6.0, rel=1e-5)
+    band_label, rest_label = v.info["legend"]
+    assert band_label.startswith("boundary band: weight 6 ")
+    assert f"-> {w[band].mean():.2f} after scaling" in band_label
+    assert rest_label.startswith("interior and background: weight 1\n")
+    assert f"-> {w[~band].mean():.2f}" in rest_label

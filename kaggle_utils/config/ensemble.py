@@ -50,7 +50,9 @@ class EnsembleConfig(_Strict):
 
     def member_paths(self, ensemble_file: str | os.PathLike | None = None) -> list[Path]:
         """Member files resolved against the ensemble file's folder."""
-        source = Path(ensemble_file) if ensemble_file else self.source
+        from kaggle_utils.environment import project_path  # relative: under the project root
+
+        source = project_path(ensemble_file) if ensemble_file else self.source
         base = source.parent if source else Path.cwd()
         return [(base / m).resolve() for m in self.members]
 

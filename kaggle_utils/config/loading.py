@@ -15,6 +15,24 @@ from kaggle_utils.config.errors import ConfigError, describe_errors
 from kaggle_utils.config.member import MemberConfig
 
 
+def resolve_file(path: str | os.PathLike) -> Path:
+    """A parameter file: absolute as given; relative under the project root (the folder holding
+    params/) first, then from the cwd, so `params/demo/x.yaml` works from a kernel started in
+    notebooks/. Raises ConfigError naming every absolute path tried."""
+    from kaggle_utils import environment
+
+    tried = environment.path_candidates(path)
+    if environment.on_kaggle():  # as before on Kaggle: the path as given
+        return Path(path)
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"{path}: parameter file not found (tried {' and '.join(map(str, tried))}); give an "
+        "absolute path or one relative to the project root (the folder holding params/)"
+    )
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found")
@@ -74,8 +92,9 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> di
 
 
 def load_member(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> MemberConfig:
-    """Read and validate a member YAML (plus dotted-key overrides); errors name file and key."""
-    path = Path(path)
+    """Read and validate a member YAML (plus dotted-key overrides); errors name file and key.
+    A relative path is looked up under the project root, then the cwd (`resolve_file`)."""
+    path = resolve_file(path)
     raw = apply_overrides(_read_yaml(path), overrides)
     raw.setdefault("name", path.stem)
     try:
@@ -86,8 +105,9 @@ def load_member(path: str | os.PathLike, overrides: dict[str, Any] | None = None
 
 
 def load_ensemble(path: str | os.PathLike, validate_members: bool = True) -> EnsembleConfig:
-    """Read an ensemble YAML; member files are resolved relative to it and validated too."""
-    path = Path(path)
+    """Read an ensemble YAML; member files are resolved relative to it and validated too.
+    A relative path is looked up under the project root, then the cwd (`resolve_file`)."""
+    path = resolve_file(path)
     raw = _read_yaml(path)
     raw.setdefault("name", path.stem)
     try:

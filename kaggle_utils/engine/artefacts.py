@@ -6,7 +6,8 @@
     curves.png, worst.png  Figures
     metrics.json  MetricsJson      last: its presence (with the params hash) marks the stage done
 
-A kill at any moment leaves whole files only; re-running resumes from last.pt.
+A kill at any moment leaves whole files only (and temp files, which the next start removes);
+re-running resumes from last.pt.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from kaggle_utils.atomic import atomic_write_bytes, atomic_write_json, atomic_wr
 from kaggle_utils.checkpoint import save_checkpoint
 from kaggle_utils.engine.validation import ValResult
 
-__all__ = ["BestCheckpoint", "Figures", "LastCheckpoint", "MetricsJson", "OOFWriter"]
+__all__ = [
+    "BestCheckpoint",
+    "Figures",
+    "LastCheckpoint",
+    "MetricsJson",
+    "OOFWriter",
+    "remove_temp_files",
+]
 
 
 class BestCheckpoint:
@@ -59,9 +67,8 @@ class LastCheckpoint:
         return self.stage_dir / "last.pt"
 
     def on_fit_start(self, engine: Any) -> None:
-        if engine.fabric.is_global_zero:  # a kill during an earlier save left its temp file
-            for stale in self.stage_dir.glob(".last.pt.*.tmp"):
-                stale.unlink(missing_ok=True)
+        if engine.fabric.is_global_zero:  # train_stage holds the stage's lock: no other writer
+            remove_temp_files(self.stage_dir)
 
     def on_train_epoch_end(self, engine: Any) -> None:
         fabric, history = engine.fabric, engine.state.history
@@ -75,6 +82,21 @@ class LastCheckpoint:
         if fabric.is_global_zero:
             os.replace(tmp, self.path)
         fabric.barrier()
+
+
+def remove_temp_files(stage_dir: Path) -> list[Path]:
+    """Delete the temp files that a kill during a save left in the stage folder (and its oof/):
+    `.<name>.<random>.tmp` of `atomic` (best.pt, metrics.json, history.csv, oof/<id>.png, ...)
+    and `.last.pt.<pid>.tmp`. Call it only while holding the stage's lock: another writer's
+    temp file would be one it is still writing. Returns what was removed."""
+    removed = []
+    for stale in sorted(stage_dir.rglob(".*.tmp")):
+        if stale.is_file() and stale.name.count(".") >= 3:  # ".<name>.<random>.tmp"
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    if removed:
+        print(f"{stage_dir}: removed {len(removed)} temp file(s) of an interrupted run", flush=True)
+    return removed
 
 
 class OOFWriter:

@@ -117,7 +117,7 @@ def prepare_stage(
     """
     from kaggle_utils.environment import resolve_run_dir
     from kaggle_utils.folds import make_split
-    from kaggle_utils.index import train_index
+    from kaggle_utils.index import train_index, with_masks
     from kaggle_utils.inference import pick_device
     from kaggle_utils.layout import find_data
 
@@ -131,8 +131,7 @@ def prepare_stage(
         raise FileNotFoundError(f"init_checkpoint not found: {Path(init_checkpoint).resolve()}")
     data = find_data(data_dir)
     index = train_index(data)
-    if "mask" in index.columns:
-        index = index[index["mask"].notna()].reset_index(drop=True)
+    index = with_masks(index)  # drops (and counts) images with neither a GIF nor a CSV row
     run_path = resolve_run_dir(run_dir)
     train, val, source = make_split(index, member, fold, run_dir)
     if len(train) == 0 or len(val) == 0:

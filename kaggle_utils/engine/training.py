@@ -50,17 +50,19 @@ def train_stage(
         progress: a tqdm bar per epoch.
         extra_callbacks: run before the built-in ones at every hook (e.g. `callbacks.LossHook`).
     """
-    if run.status() == "finished":
-        metrics = json.loads((run.stage_dir / "metrics.json").read_text())
-        print(
-            f"stage {run.stage_name} already finished (best Dice {metrics['best_dice']:.5f}); skipped"
-        )
-        return {**metrics, "skipped": True}
     rank, world = distributed_env()
     _check_launch(run, world)
-    # one writer per stage folder: a second run fails here, before any write (rank 0 holds it
-    # for the whole fit; the other ranks write nothing there and stop when rank 0 fails)
+    # One writer per stage folder: a second run fails here, before any write, naming the first
+    # (rank 0 holds the lock for the whole fit; the other ranks write nothing there). A finished
+    # stage is judged under the lock too: a run holding it may be overwriting its checkpoints.
     with stage_lock(run.stage_dir) if rank == 0 else contextlib.nullcontext():
+        if run.status() == "finished":
+            metrics = json.loads((run.stage_dir / "metrics.json").read_text())
+            print(
+                f"stage {run.stage_name} already finished (best Dice "
+                f"{metrics['best_dice']:.5f}); skipped"
+            )
+            return {**metrics, "skipped": True}
         return _fit_stage(run, rank, world, model, progress, extra_callbacks)
 
 
@@ -72,6 +74,7 @@ def _fit_stage(
     progress: bool,
     extra_callbacks: Sequence[Any],
 ) -> dict[str, Any]:
+    """Write params.json, build the stage and fit it (the caller holds the stage's lock)."""
     if rank == 0:
         atomic_write_json(run.stage_dir / "params.json", _params_record(run))
     if run.device.type == "cpu":

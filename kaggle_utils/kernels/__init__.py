@@ -8,6 +8,7 @@ python -m kaggle_utils.kernels push build/kernels --wait                        
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="write build/kernels/<slug>/ bundles for an ensemble file")
-    b.add_argument("ensemble", help="params/<ensemble>/ensemble.yaml")
+    b.add_argument("ensemble", help="params/<set>/ensemble.yaml")
     b.add_argument("--owner", required=True, help="your Kaggle username (owner of the kernels)")
     b.add_argument(
         "--out", default="build/kernels", help="where bundles go (default build/kernels)"
@@ -143,7 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 package_dataset=args.package_dataset,
                 **kwargs,
             )
-            print(f"{len(built)} bundles in {args.out}, all valid; next: push {args.out}")
+            push_cmd = ["python", "-m", "kaggle_utils.kernels", "push", args.out, "--wait"]
+            print(f"{len(built)} bundles in {args.out}, all valid; next:")
+            print(f"$ {shlex.join(push_cmd)}")
         elif args.command == "validate":
             errors = validate_tree(args.out)
             for error in errors:

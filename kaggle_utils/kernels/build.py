@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -404,6 +405,38 @@ def write_kernel_bundle(
     return final
 
 
+# Kaggle has no MIT dataset licence: the names it takes (docs/datasets_metadata.md of the kaggle
+# CLI; the CLI's own list, KaggleApi.valid_dataset_license_names, is all/cc/gpl/odb/other) offer
+# "other", which Kaggle shows as "Other (specified in description)": the description says MIT.
+PACKAGE_LICENSE = "other"
+
+
+def package_metadata(owner: str, package_dataset: str = PACKAGE_DATASET) -> dict[str, Any]:
+    """dataset-metadata.json of the package dataset: the licence in the description (MIT, the
+    LICENSE file shipped beside the wheel) and `other` as Kaggle's licence name for it."""
+    from kaggle_utils import __version__
+
+    return {
+        "id": f"{owner}/{package_dataset}",
+        "title": "kaggle-utils wheel",
+        "subtitle": "kaggle_utils package and parameter files for kernels",
+        "description": (
+            f"kaggle_utils {__version__} as a wheel, installed by the first cell of the Carvana "
+            "workflow notebooks, plus the parameter files the kernels read.\n\n"
+            "License: MIT (Copyright (c) 2026 kaggle-utils contributors); the full text is the "
+            "LICENSE file of this dataset."
+        ),
+        "licenses": [{"name": PACKAGE_LICENSE}],
+    }
+
+
+def wheel_command(pkg: Path) -> list[str]:
+    """The pip command that builds the kaggle_utils wheel into `pkg` (run in a clean copy of the
+    project; no build isolation, so it builds offline with the setuptools already installed)."""
+    cmd = [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation"]
+    return [*cmd, "-q", "-w", str(Path(pkg).resolve())]
+
+
 def build_package(
     out: Path,
     owner: str,
@@ -429,9 +462,9 @@ def build_package(
             src / "kaggle_utils",
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         )
-        cmd = [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation"]
-        cmd += ["-q", "-w", str(pkg.resolve())]
-        print(f"$ (cd {project_dir} copy) " + " ".join(cmd), flush=True)
+        cmd = wheel_command(pkg)
+        print(f"# in {src} (a clean copy of {project_dir})", flush=True)
+        print(f"$ {shlex.join(cmd)}", flush=True)
         done = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"pip wheel failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -442,18 +475,10 @@ def build_package(
         tmp = pkg / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, pkg / name)
-    from kaggle_utils import __version__
-
-    meta = {
-        "id": f"{owner}/{package_dataset}",
-        "title": "kaggle-utils wheel",
-        "subtitle": "kaggle_utils package and parameter files for kernels",
-        "description": (
-            f"kaggle_utils {__version__} (MIT license) as a wheel, installed by the first cell of "
-            "the Carvana workflow notebooks, plus the parameter files the kernels read."
-        ),
-        "licenses": [{"name": "other"}],
-    }
+    if (project_dir / "LICENSE").is_file():  # the licence the description names travels with it
+        shutil.copy2(project_dir / "LICENSE", pkg / ".LICENSE.tmp")
+        os.replace(pkg / ".LICENSE.tmp", pkg / "LICENSE")
+    meta = package_metadata(owner, package_dataset)
     _write_json(pkg / DATASET_METADATA_FILE, meta)
     problems = dataset_problems(pkg)
     if problems:
