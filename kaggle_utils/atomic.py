@@ -39,11 +39,17 @@ def atomic_write(
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        full = _disk_full(exc)
-        if full is not None:
-            raise OSError(full.errno, _disk_full_message(path, full)) from exc
+        raise_if_disk_full(path, exc)
         raise
     return path
+
+
+def raise_if_disk_full(path: str | os.PathLike, exc: BaseException) -> None:
+    """Re-raise a failed write of `path` as one line naming it when the disk was full (ENOSPC or
+    EDQUOT anywhere in `exc`'s chain); return quietly otherwise, for the caller to re-raise."""
+    full = _disk_full(exc)
+    if full is not None:
+        raise OSError(full.errno, _disk_full_message(Path(path), full)) from exc
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)

@@ -348,3 +348,29 @@ def test_parts_with_an_earlier_absolute_fingerprint_still_resume(small_synthetic
     path.write_text(json.dumps(old))
     resumed = P.predict_submission(members, data, out, **KW)
     assert resumed.resumed_from >= 4
+
+
+@pytest.mark.slow
+def test_last_pt_on_a_full_disk_names_it_and_keeps_the_last_good_one(
+    small_synthetic, tiny_member, tmp_path
+):
+    """A real 16 MiB filesystem (tmpfs, needs root as in this project's containers) holds best.pt
+    (9 MB) but not the TrainState (weights + AdamW moments, 28 MB): the stage stops with one line
+    naming last.pt, and no temp file is left."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        with pytest.raises(OSError) as err:
+            run_stage(
+                tiny_member, 0, data_dir=small_synthetic, run_dir=disk, device="cpu",
+                progress=False,
+            )  # fmt: skip
+        stage_dir = disk / "tiny" / "s1_64x96"
+        assert err.value.errno == 28 and f"writing {stage_dir / 'last.pt'}" in str(err.value)
+        assert (stage_dir / "best.pt").is_file()  # what fitted is intact
+        assert not list(stage_dir.glob(".*.tmp")) and not (stage_dir / "metrics.json").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

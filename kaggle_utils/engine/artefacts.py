@@ -19,7 +19,12 @@ from typing import Any
 import cv2
 import pandas as pd
 
-from kaggle_utils.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from kaggle_utils.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    raise_if_disk_full,
+)
 from kaggle_utils.checkpoint import save_checkpoint
 from kaggle_utils.engine.validation import ValResult
 
@@ -78,7 +83,12 @@ class LastCheckpoint:
             )
         tmp = self.stage_dir / f".last.pt.{os.getpid()}.tmp"
         tmp = Path(fabric.broadcast(str(tmp)))  # rank 0 writes; every rank must call save
-        fabric.save(tmp, {"state": engine.state, **self.meta})
+        try:
+            fabric.save(tmp, {"state": engine.state, **self.meta})
+        except BaseException as exc:  # a full disk: one line naming last.pt, the old one intact
+            tmp.unlink(missing_ok=True)
+            raise_if_disk_full(self.path, exc)
+            raise
         if fabric.is_global_zero:
             os.replace(tmp, self.path)
         fabric.barrier()
