@@ -9,7 +9,7 @@ import pytest
 from _tiny_run import make_run
 from matplotlib.figure import Figure
 
-from kaggle_utils import eda
+from kaggle_utils import eda, eda_plots
 from kaggle_utils import index as index_mod
 from kaggle_utils.folds import folds_by_car
 from kaggle_utils.index import train_index
@@ -113,23 +113,23 @@ def _drawn(fig: Figure) -> int:
 def test_figures_draw_on_synthetic(synth):
     data, train, _ = synth
     train = eda.with_coverage(data, train)
-    assert _drawn(eda.plot_metadata(train)) == 3
-    assert _drawn(eda.plot_coverage(train)) == 2
+    assert _drawn(eda_plots.plot_metadata(train)) == 3
+    assert _drawn(eda_plots.plot_coverage(train)) == 2
     diff = eda.angle_difficulty(data, eda.sample_cars(train, 1), size=(80, 120))
     assert len(diff) == 16 and set(diff["angle"]) == set(range(1, 17))
-    assert _drawn(eda.plot_angle_difficulty(diff)) == 3
-    grid = eda.plot_sample_grid(data, train, n=5, size=(40, 60), cols=3)
+    assert _drawn(eda_plots.plot_angle_difficulty(diff)) == 3
+    grid = eda_plots.plot_sample_grid(data, train, n=5, size=(40, 60), cols=3)
     assert _drawn(grid) == 5
     folds = folds_by_car(train, n_folds=2, stratify="coverage")
-    assert _drawn(eda.plot_fold_balance(folds, train)) == 3
+    assert _drawn(eda_plots.plot_fold_balance(folds, train)) == 3
     with pytest.raises(ValueError, match="with_coverage"):
-        eda.plot_coverage(train.drop(columns="coverage"))
+        eda_plots.plot_coverage(train.drop(columns="coverage"))
 
 
 def test_metadata_plot_without_metadata(synth):
     _, train, _ = synth
     bare = train.assign(make=pd.NA, year=pd.NA, model=pd.NA)
-    assert _drawn(eda.plot_metadata(bare)) == 0
+    assert _drawn(eda_plots.plot_metadata(bare)) == 0
 
 
 def test_real_sample_checks_and_coverage(real_sample):
@@ -157,12 +157,12 @@ def test_count_plots_have_whole_number_ticks(synth):
     """Two or four cars: the count axes show 0, 1, 2 ... never half a car."""
     data, train, _ = synth
     train = eda.with_coverage(data, train)
-    fig = eda.plot_metadata(train)
+    fig = eda_plots.plot_metadata(train)
     fig.canvas.draw()
     counted = [ax for ax in fig.axes if ax.has_data()]
     assert counted and all(_whole_ticks(ax) for ax in counted)
     folds = folds_by_car(train, n_folds=2, stratify="coverage")
-    fig = eda.plot_fold_balance(folds, train)
+    fig = eda_plots.plot_fold_balance(folds, train)
     fig.canvas.draw()
     assert _whole_ticks(fig.axes[0]) and _whole_ticks(fig.axes[1])
 
@@ -179,7 +179,7 @@ def test_difficulty_error_bars_never_go_below_zero():
             "edge_contrast": rng.uniform(0.0, 0.2, 48),
         }
     )
-    fig = eda.plot_angle_difficulty(table)
+    fig = eda_plots.plot_angle_difficulty(table)
     fig.canvas.draw()
     for ax in fig.axes:
         assert ax.get_ylim()[0] == 0
@@ -199,19 +199,19 @@ def run_dir(synth, tmp_path):
 
 def test_measured_angle_dice_from_the_run_folder(synth, run_dir):
     data, train, _ = synth
-    oof = eda.read_oof_dice(run_dir)
-    assert list(oof.columns) == eda.OOF_COLUMNS
+    oof = eda_plots.read_oof_dice(run_dir)
+    assert list(oof.columns) == eda_plots.OOF_COLUMNS
     assert set(oof["source"]) == {"alpha/s1_64x96", "beta/s1_96x128"}
     assert set(oof["angle"]) == set(range(1, 17))  # from the ids where oof.csv has no angle
     diff = eda.angle_difficulty(data, eda.sample_cars(train, 1), size=(80, 120))
-    ranking = eda.angle_ranking(diff, oof, n=3)
+    ranking = eda_plots.angle_ranking(diff, oof, n=3)
     measured = ranking.iloc[0]
     assert measured["measure"].startswith("measured") and measured["shared with measured"] == 3
     per_angle = oof.groupby("angle")["dice"].mean()
     worst = ", ".join(f"{a:02d}" for a in per_angle.nsmallest(3).index)
     assert measured["hardest 3 angles"] == worst
     assert len(ranking) == 4 and ranking["rank correlation with measured"].iloc[0] == 1.0
-    fig = eda.measured_angle_difficulty(diff, run_dir)
+    fig = eda_plots.measured_angle_difficulty(diff, run_dir)
     assert isinstance(fig, Figure)
     fig.canvas.draw()
     bars = fig.axes[0].patches
@@ -223,7 +223,7 @@ def test_measured_angle_dice_from_the_run_folder(synth, run_dir):
 def test_measured_angle_dice_before_any_training(synth, tmp_path):
     data, train, _ = synth
     diff = eda.angle_difficulty(data, eda.sample_cars(train, 1), size=(80, 120))
-    note = eda.measured_angle_difficulty(diff, tmp_path / "empty-run")
+    note = eda_plots.measured_angle_difficulty(diff, tmp_path / "empty-run")
     assert "No measured Dice yet" in note.data and str(tmp_path / "empty-run") in note.data
     assert "make demo" in note.data
 
@@ -237,4 +237,8 @@ def test_final_stages_keep_each_members_last_stage():
             "dice": [0.9, 0.95, 0.9, 0.8],
         }
     )
-    assert set(eda.final_stages(oof)["source"]) == {"m/s2_96x128", "m/fold1/s1_64x96", "n/s1_64x96"}
+    assert set(eda_plots.final_stages(oof)["source"]) == {
+        "m/s2_96x128",
+        "m/fold1/s1_64x96",
+        "n/s1_64x96",
+    }

@@ -225,7 +225,7 @@ def test_join_checks_parts_first_and_names_the_bad_one(tmp_path):
 
 def test_final_name_is_written_only_after_validation(tmp_path):
     """Sound parts whose joined file fails validation leave no submission.csv.gz behind."""
-    from kaggle_utils.submission import _write_part
+    from kaggle_utils.submission.parts import _write_part
 
     out = tmp_path / "submission.csv.gz"
     writer, ids = _writer_with_rows(out)

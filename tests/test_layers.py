@@ -147,7 +147,7 @@ def test_ensemble_and_predict_never_import_each_other(graph):
 
 LAYERS = {
     "io": "constants atomic locks environment allocator config imageio rle rle_kernel layout index synthetic",
-    "data": "dataset augment folds eda",
+    "data": "dataset augment folds eda eda_plots",
     "models": "models losses metrics refine postprocess checkpoint optim precision runs",
     "inference": "inference",
     "train / ensemble / predict": "engine train ensemble predict testset submit_resume submission plots widgets",

@@ -172,7 +172,7 @@ def test_an_unexpected_error_is_not_taken_for_a_user_error(monkeypatch):
     def broken_plan(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(pipeline, "build_plan", broken_plan)
+    monkeypatch.setattr(pipeline.cli, "build_plan", broken_plan)  # where main looks it up
     with pytest.raises(KeyError, match="a bug"):
         main([str(DEMO), "--dry-run"])
 

@@ -1,20 +1,12 @@
-"""Submission files: ordered ids, a resumable chunked ``submission.csv.gz`` writer, a fast validator.
+"""``SubmissionWriter``: the resumable, chunked, streamed ``submission.csv.gz`` writer.
 
-The post-model half of a submission, independent of any model. ``SubmissionWriter`` takes
-``(id, mask or RLE)`` rows in sample-submission order, RLE-encodes masks as they arrive (fast,
-see ``kaggle_utils.rle``) and hands every finished chunk of rows to background workers that
-compress it and write it atomically as a part file in ``<out>.parts/``. A restarted run sees
-which chunks exist and continues after them. ``close()`` / ``finalize()`` joins the parts into
-the final file atomically.
-
-Parts are raw deflate streams ending on a byte boundary (pigz's trick), so joining them is a
-byte copy and the result is one ordinary single-member gzip stream (CRCs are combined
-arithmetically) — nothing is decompressed or recompressed at the end.
+Rows are RLE-encoded as they arrive; every finished chunk goes to a background worker that writes
+it as a part file (``parts``) in ``<out>.parts/``; a restarted run continues after the chunks on
+disk; ``close()`` / ``finalize()`` checks the parts and joins them into the final file atomically.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
@@ -23,208 +15,31 @@ import os
 import shutil
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from kaggle_utils.atomic import atomic_write
-from kaggle_utils.rle import MASK_SHAPE, _fast_tokens, rle_encode, rle_runs
+from kaggle_utils.rle import MASK_SHAPE
+from kaggle_utils.submission.ids import HEADER, SubmissionError, _examples
+from kaggle_utils.submission.parts import (
+    _FINAL_BLOCK,
+    _GZIP_HEADER,
+    _PART_HEAD,
+    _chunk_number,
+    _deflate_piece,
+    _encode_chunk,
+    _init_worker,
+    _part_fault,
+    _to_rle,
+    _write_part,
+    crc32_combine,
+)
+from kaggle_utils.submission.validate import validate_submission
 
-__all__ = [
-    "HEADER",
-    "SubmissionError",
-    "SubmissionReport",
-    "SubmissionWriter",
-    "crc32_combine",
-    "read_sample_submission",
-    "submission_frame",
-    "validate_submission",
-]
-
-HEADER = "img,rle_mask"
-_PART_MAGIC = b"KUSUBPT1"
-_PART_HEAD = struct.Struct("<8sIQI")  # magic, crc32 of the text, text length, rows
-_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, mtime 0, OS unknown
 _MANIFEST = "manifest.json"
-_VALIDATE_BATCH = 8  # rows parsed per vectorised call: small enough to stay in cache
-
-
-class SubmissionError(ValueError):
-    """A submission file or its inputs are wrong; the message names the rows/ids and the faults."""
-
-
-def _examples(items: Sequence[str], k: int = 5) -> str:
-    shown = ", ".join(str(i) for i in list(items)[:k])
-    return shown + (", ..." if len(items) > k else "")
-
-
-# ------------------------------------------------------------------------------------ ids
-
-
-def read_sample_submission(
-    sample: pd.DataFrame | str | os.PathLike, subset: Iterable[str] | None = None
-) -> list[str]:
-    """Image names in sample-submission order (column ``img``), optionally only ``subset``.
-
-    ``sample``: the DataFrame or a path (csv / csv.zip). ``subset``: a partial run (e.g. the 33
-    real test images of the sample); each must be in the sample submission (a name without
-    ``.jpg`` is accepted); the result keeps the sample's order.
-    """
-    where = "sample submission"
-    if not isinstance(sample, pd.DataFrame):
-        where = str(sample)
-        sample = pd.read_csv(sample, usecols=lambda c: c == "img", dtype=str)
-    if "img" not in sample.columns:
-        raise SubmissionError(f"{where} has no 'img' column (columns: {list(sample.columns)})")
-    ids = sample["img"].astype(str).tolist()
-    dup = pd.Index(ids)[pd.Index(ids).duplicated()].unique().tolist()
-    if dup:
-        raise SubmissionError(f"{where} lists {len(dup)} ids twice: {_examples(dup)}")
-    if subset is None:
-        return ids
-    known = set(ids)
-    wanted, unknown = set(), []
-    for i in subset:
-        i = str(i)
-        name = i if i in known or f"{i}.jpg" not in known else f"{i}.jpg"
-        (wanted.add(name) if name in known else unknown.append(i))
-    if unknown:
-        raise SubmissionError(
-            f"{len(unknown)} requested ids are not in the {where}: {_examples(unknown)}"
-        )
-    return [i for i in ids if i in wanted]
-
-
-# ------------------------------------------------------------------------------ gzip parts
-
-_CRC_POLY = 0xEDB88320
-
-
-def _multmodp(a: int, b: int) -> int:
-    """a * b modulo the CRC-32 polynomial (zlib's multmodp, reflected bit order)."""
-    m, p = 1 << 31, 0
-    while True:
-        if a & m:
-            p ^= b
-            if not a & (m - 1):
-                return p
-        m >>= 1
-        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
-
-
-def _x2n_table() -> list[int]:
-    table, p = [], 1 << 30  # x^1
-    for _ in range(32):
-        table.append(p)
-        p = _multmodp(p, p)
-    return table
-
-
-_X2N = _x2n_table()
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """CRC-32 of A+B from crc(A), crc(B) and len(B), as zlib's crc32_combine (not in Python)."""
-    p, k = 1 << 31, 3  # x^0; x^(8 * len2) = x^(2^3 * len2)
-    while len2:
-        if len2 & 1:
-            p = _multmodp(_X2N[k & 31], p)
-        len2 >>= 1
-        k += 1
-    return _multmodp(p, crc1) ^ crc2
-
-
-def _deflate_piece(data: bytes, level: int) -> bytes:
-    """Raw deflate of data ending in a sync flush: byte-aligned, not final, so pieces concatenate."""
-    c = zlib.compressobj(level, zlib.DEFLATED, -15)
-    return c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
-
-
-_FINAL_BLOCK = zlib.compressobj(1, zlib.DEFLATED, -15).flush()  # an empty final block
-
-
-def _write_part(path: str, text: bytes, rows: int, level: int) -> int:
-    """Compress one chunk of CSV rows and write it atomically (runs in a worker)."""
-    head = _PART_HEAD.pack(_PART_MAGIC, zlib.crc32(text), len(text), rows)
-    body = _deflate_piece(text, level)
-
-    def write(f) -> None:
-        f.write(head)
-        f.write(body)
-
-    atomic_write(path, write)
-    return rows
-
-
-def _part_fault(path: Path, ids: list[str]) -> str | None:
-    """Why a part file cannot go into the submission (None: it is sound).
-
-    Inflates the part and checks what its header promises (CRC-32, length, rows) and that its
-    rows are exactly ``ids`` in order: a torn or bit-flipped part is found here, naming the file,
-    instead of as a CRC error in the joined ``submission.csv.gz``.
-    """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return f"unreadable ({exc})"
-    if len(raw) < _PART_HEAD.size or raw[:8] != _PART_MAGIC:
-        return f"not a submission part file ({len(raw)} bytes, no part header)"
-    _, crc, length, rows = _PART_HEAD.unpack(raw[: _PART_HEAD.size])
-    if rows != len(ids):
-        return f"holds {rows} rows, its chunk has {len(ids)}"
-    try:
-        text = zlib.decompressobj(-15).decompress(raw[_PART_HEAD.size :])
-    except zlib.error as exc:
-        return f"corrupt deflate data ({exc})"
-    if len(text) != length or zlib.crc32(text) != crc:
-        return f"truncated or corrupt (CRC-32/length check failed: {len(text)} of {length} bytes)"
-    got = [line.partition(b",")[0].decode("utf-8", "replace") for line in text.splitlines()]
-    if got != ids:
-        wrong = next((g for g, i in zip(got, ids, strict=False) if g != i), "(row count)")
-        return f"its rows are not its chunk's ids (first wrong: {wrong})"
-    return None
-
-
-def _chunk_number(path: Path) -> int | None:
-    """``part-000012.bin`` -> 12; None for a name the writer never makes."""
-    digits = path.stem.partition("-")[2]
-    return int(digits) if digits.isdigit() else None
-
-
-_worker_mask_fn: Callable | None = None
-
-
-def _init_worker(mask_fn: Callable) -> None:
-    global _worker_mask_fn
-    _worker_mask_fn = mask_fn
-
-
-def _encode_chunk(path: str, ids: list[str], level: int, shape: tuple[int, int]) -> int:
-    """Process-pool job: build each mask with the worker's mask_fn, encode, compress, write."""
-    lines = []
-    for image_id in ids:
-        lines.append(f"{image_id},{_to_rle(image_id, _worker_mask_fn(image_id), shape)}\n")
-    return _write_part(path, "".join(lines).encode("utf-8"), len(ids), level)
-
-
-def _to_rle(image_id: str, mask, shape: tuple[int, int]) -> str:
-    """A row's RLE from a mask (array/tensor), an RLE string (checked), or None (empty)."""
-    if mask is None:
-        return ""
-    if isinstance(mask, str):
-        rle_runs(mask, shape[0] * shape[1], image_id)  # raises naming the id
-        return mask.strip()
-    got = tuple(getattr(mask, "shape", ()))
-    if got != tuple(shape):
-        raise SubmissionError(f"mask for {image_id} has shape {got}, expected {tuple(shape)}")
-    return rle_encode(mask)
-
-
-# ---------------------------------------------------------------------------------- writer
 
 
 class SubmissionWriter:
@@ -547,152 +362,3 @@ class SubmissionWriter:
             self.close()
         else:
             self.abort()
-
-
-# ------------------------------------------------------------------------------- validate
-
-
-@dataclass
-class SubmissionReport:
-    """What a valid submission holds."""
-
-    path: Path
-    rows: int
-    empty_masks: int
-    runs: int
-
-    def __str__(self) -> str:
-        return (f"{self.path.name}: {self.rows} rows, all valid; {self.empty_masks} empty masks, "
-                f"{self.runs / max(self.rows, 1):.0f} runs per mask")  # fmt: skip
-
-
-def _check_batch(rles: list[bytes | None], n_pixels: int) -> tuple[list[int], int, int]:
-    """Validate many rows' RLE at once, vectorised over all their tokens.
-
-    Returns (indices of failing rows, empty rows, runs). A failing row is any whose text is not
-    single-space separated digits or whose runs break a rule; the caller re-parses only those.
-    """
-    idx = [k for k, r in enumerate(rles) if r]
-    faults = [k for k, r in enumerate(rles) if r is None]
-    n_empty = sum(1 for r in rles if r is not None and not r)
-    if not idx:
-        return faults, n_empty, 0
-    texts = [rles[k] for k in idx]
-    counts = np.array([t.count(b" ") + 1 for t in texts], dtype=np.int64)
-    vals = _fast_tokens(np.frombuffer(b" ".join(texts), dtype=np.uint8))
-    if vals is None or vals.size != counts.sum() or (counts % 2).any():
-        return sorted(faults + idx), n_empty, 0  # unusual text somewhere: find it row by row
-    starts, lengths = vals[0::2], vals[1::2]
-    row_of_run = np.repeat(np.arange(len(texts)), counts // 2)
-    ends = starts + lengths - 1  # last pixel, 1-based
-    wrong = (starts < 1) | (lengths < 1) | (ends > n_pixels)
-    order = (starts[1:] <= ends[:-1]) & (row_of_run[1:] == row_of_run[:-1])
-    wrong[1:] |= order
-    bad_rows = np.unique(row_of_run[wrong]).tolist()
-    return sorted(faults + [idx[r] for r in bad_rows]), n_empty, int(starts.size)
-
-
-def _iter_lines(path: Path) -> Iterator[bytes]:
-    """The file's lines; a truncated or corrupt gzip fails as one line naming the file."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    n = 0
-    try:
-        with opener(path, "rb") as f:
-            for line in f:
-                n += 1
-                yield line
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise SubmissionError(
-            f"{path} is truncated or corrupt after {n} lines ({type(exc).__name__}: {exc}; "
-            f"{path.stat().st_size} bytes): write it again (rerun 06_submit; its parts resume)"
-        ) from None
-
-
-def validate_submission(
-    path: str | os.PathLike,
-    expected_ids: Iterable[str] | None = None,
-    shape: tuple[int, int] = MASK_SHAPE,
-    *,
-    ids: Iterable[str] | None = None,
-    max_examples: int = 5,
-) -> SubmissionReport:
-    """Check a submission csv(.gz): header ``img,rle_mask``, every expected id exactly once, and
-    each RLE valid for ``shape`` (tokens, starts/lengths >= 1, sorted, no overlap, inside the
-    image) — parsed vectorised, without building masks (~100k rows in seconds).
-
-    Raises ``SubmissionError`` listing every kind of fault: bad rows (row number, id, fault),
-    duplicated, missing and unexpected ids (each with a count and a few examples).
-    """
-    path = Path(path)
-    if expected_ids is None:
-        expected_ids = ids
-    expected = None if expected_ids is None else [str(i) for i in expected_ids]
-    n_pixels = int(shape[0]) * int(shape[1])
-    lines = _iter_lines(path)
-    first = next(lines, b"").rstrip(b"\r\n")
-    if first.lstrip(b"\xef\xbb\xbf") != HEADER.encode():
-        raise SubmissionError(
-            f"{path}: header is {first[:60].decode('utf-8', 'replace')!r}, expected {HEADER!r}"
-        )
-    seen: set[str] = set()
-    dups: list[str] = []
-    bad: list[str] = []
-    n_bad = rows = empty = runs = 0
-    batch: list[tuple[int, str, bytes]] = []
-
-    def check(batch: list[tuple[int, str, bytes]]) -> None:
-        nonlocal n_bad, empty, runs
-        faults, n_empty, n_runs = _check_batch([b[2] for b in batch], n_pixels)
-        empty += n_empty
-        runs += n_runs
-        for k in faults:  # only failing rows are parsed again, one by one, to name the fault
-            row, name, rle = batch[k]
-            try:
-                if rle is None:
-                    raise ValueError(f"bad RLE for {name}: no comma (expected 'img,rle_mask')")
-                rle_runs(rle, n_pixels, name)
-                continue  # pragma: no cover - the batch check and the row check agree
-            except ValueError as e:
-                n_bad += 1
-                if len(bad) < max_examples:
-                    bad.append(f"row {row} ({name}): {str(e).split(': ', 1)[-1]}")
-
-    for row, line in enumerate(lines, start=2):
-        image_id, comma, rle = line.rstrip(b"\r\n").partition(b",")
-        name = image_id.decode("utf-8", "replace").strip('"')
-        rows += 1
-        if name in seen:
-            dups.append(name)
-        seen.add(name)
-        batch.append((row, name, rle.strip(b'" ') if comma else None))
-        if len(batch) == _VALIDATE_BATCH:
-            check(batch)
-            batch = []
-    if batch:
-        check(batch)
-    problems = []
-    if n_bad:
-        problems.append(
-            f"{n_bad} rows with invalid RLE for {shape[0]}x{shape[1]}: " + "; ".join(bad)
-        )
-    if dups:
-        problems.append(f"{len(dups)} duplicated ids: {_examples(sorted(set(dups)), max_examples)}")
-    if expected is not None:
-        want = set(expected)
-        missing = [i for i in expected if i not in seen]
-        extra = sorted(seen - want)
-        if missing:
-            problems.append(
-                f"{len(missing)} of {len(expected)} expected ids are missing: "
-                f"{_examples(missing, max_examples)}"
-            )
-        if extra:
-            problems.append(f"{len(extra)} unexpected ids: {_examples(extra, max_examples)}")
-    if problems:
-        raise SubmissionError(f"{path} is not a valid submission:\n  - " + "\n  - ".join(problems))
-    return SubmissionReport(path, rows, int(empty), int(runs))
-
-
-def submission_frame(path: str | os.PathLike) -> pd.DataFrame:
-    """The submission as a DataFrame (``img``, ``rle_mask``; empty masks as "")."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False)

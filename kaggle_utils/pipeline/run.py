@@ -1,0 +1,77 @@
+"""Running a plan: each notebook through papermill, a step's member jobs in parallel processes."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from kaggle_utils.pipeline.plan import NOTEBOOK_DIR, Job, JobResult, Plan
+
+
+def run_job(job: Job, notebook_dir: str | os.PathLike = NOTEBOOK_DIR) -> JobResult:
+    """Execute one notebook; a failure comes back as a result naming the cell, never as a crash."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    from kaggle_utils.notebook import ipc_engine_kwargs
+
+    if job.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(Path(notebook_dir) / job.step.notebook),
+            str(job.output),
+            parameters=job.parameters,
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(Path(notebook_dir).parent),
+            **ipc_engine_kwargs(),  # no "Kernel is running over TCP without encryption" per run
+        )
+    except PapermillExecutionError as exc:
+        error = f"cell {exc.cell_index} (execution {exc.exec_count}): {exc.ename}: {exc.evalue}"
+        return JobResult(job.label, False, time.perf_counter() - started, error, str(job.output))
+    except Exception as exc:  # kernel died, notebook missing, ...: report it, keep the others
+        error = f"{type(exc).__name__}: {exc}"
+        return JobResult(job.label, False, time.perf_counter() - started, error, str(job.output))
+    return JobResult(job.label, True, time.perf_counter() - started, output=str(job.output))
+
+
+def _report(result: JobResult) -> None:
+    status = "ok    " if result.ok else "FAILED"
+    print(f"[{status}] {result.label} ({result.seconds:.0f} s) -> {result.output}", flush=True)
+    if not result.ok:
+        print(f"         {result.error}", flush=True)
+
+
+def run_plan(plan: Plan, jobs: int = 1, notebook_dir: Path = NOTEBOOK_DIR) -> list[JobResult]:
+    """Run in order; member jobs of one step run `jobs` at a time in separate processes."""
+    results: list[JobResult] = []
+    i = 0
+    while i < len(plan.jobs):
+        step = plan.jobs[i].step
+        batch = [j for j in plan.jobs[i:] if j.step == step]
+        i += len(batch)
+        if step.key in ("05", "06") and any(not r.ok for r in results):
+            print(f"[skip  ] {step.notebook}: earlier steps failed (rerun after fixing)")
+            results.append(JobResult(Path(step.notebook).stem, False, 0.0, "skipped"))
+            continue
+        print(f">> {step.notebook}: {len(batch)} run(s)", flush=True)
+        if jobs > 1 and len(batch) > 1:
+            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(run_job, job, notebook_dir) for job in batch]
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    _report(results[-1])
+        else:
+            for job in batch:
+                results.append(run_job(job, notebook_dir))
+                _report(results[-1])
+        if step.key in ("01", "02") and not results[-1].ok:
+            print(f"[stop  ] {step.notebook} failed: later steps need it", flush=True)
+            break
+    return results
