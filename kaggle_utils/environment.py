@@ -101,3 +101,17 @@ def find_input(path: str | os.PathLike) -> Path:
         return local
     matches = _input_matches(path)
     return matches[0] if matches else local
+
+
+def upstream_copies(local: str | os.PathLike) -> list[Path]:
+    """Copies of a folder of this run in upstream kernels' outputs: on Kaggle, for
+    /kaggle/working/REL, every /kaggle/input/.../REL that exists (e.g. the previous version of
+    the same kernel, attached as an input); [] elsewhere."""
+    local = Path(local)
+    if not on_kaggle():
+        return []
+    try:
+        rel = local.resolve().relative_to(KAGGLE_WORKING.resolve())
+    except ValueError:
+        return []
+    return [p for p in _input_matches(rel) if p.is_dir()]

@@ -181,3 +181,33 @@ def member_names(ensemble_file: str | os.PathLike) -> list[str]:
 
     cfg = load_ensemble(ensemble_file)
     return [load_member(p).name for p in cfg.member_paths(ensemble_file)]
+
+
+def restore_stage(stage_dir: str | os.PathLike) -> Path | None:
+    """Copy a stage folder from an upstream kernel's output when this run has none of it yet.
+
+    The next version of a Kaggle kernel, with its previous output attached, finds there the
+    stages the last session finished or paused (last.pt, paused.json): they are copied into the
+    working folder, so a paused stage resumes and a finished one is skipped (and stays in this
+    session's output). Returns the folder copied from, or None.
+    """
+    import shutil
+
+    from kaggle_utils.environment import upstream_copies
+
+    stage_dir = Path(stage_dir)
+    if (stage_dir / "last.pt").exists() or (stage_dir / "metrics.json").exists():
+        return None
+    for source in upstream_copies(stage_dir):
+        if (source / "last.pt").is_file() or (source / "metrics.json").is_file():
+            ignore = shutil.ignore_patterns(".lock", ".*.tmp")
+            shutil.copytree(source, stage_dir, dirs_exist_ok=True, ignore=ignore)
+            print(f"{stage_dir}: continued from the upstream output {source}", flush=True)
+            return source
+    return None
+
+
+def paused_info(stage_dir: str | os.PathLike) -> dict | None:
+    """paused.json of a stage that stopped early (a time budget) and is to be continued."""
+    path = Path(stage_dir) / "paused.json"
+    return _read_json(path) if path.is_file() else None

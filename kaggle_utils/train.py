@@ -36,7 +36,7 @@ from kaggle_utils.engine import (  # noqa: E402
 )
 from kaggle_utils.engine.launch import run_stage_ddp  # noqa: E402
 from kaggle_utils.engine.training import distributed_env  # noqa: E402
-from kaggle_utils.runs import stage_dir_for  # noqa: E402
+from kaggle_utils.runs import restore_stage, stage_dir_for  # noqa: E402
 
 __all__ = [
     "NonFiniteLossError",
@@ -66,6 +66,8 @@ def fit_stage(
         loss_hook: `fn(loss, epoch, step)` replacing the loss (tests inject NaN with it).
     """
     _, world = distributed_env()
+    if world == 1:  # the next Kaggle session: last session's stage from the attached output
+        restore_stage(run.stage_dir)
     if run.world_size > 1 and world == 1:  # not launched by torchrun yet: launch it
         return run_stage_ddp(
             run.member_file,
@@ -80,6 +82,7 @@ def fit_stage(
             device=run.device.type,
             overrides=run.overrides,
             progress=progress,
+            time_budget_s=run.time_budget_s,
         )
     extra = [LossHook(loss_hook)] if loss_hook is not None else []
     return train_stage(run, model, progress=progress, extra_callbacks=extra)
@@ -147,6 +150,13 @@ def _parser() -> Any:
         metavar="KEY=VALUE",
         help="override a parameter, e.g. --set optimizer.lr=1e-3 --set stages.0.epochs=2",
     )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="stop cleanly (paused.json, to be continued) when the next epoch would pass this "
+        "many seconds of the session; default 11 h 30 min on Kaggle, none elsewhere",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -190,6 +200,7 @@ def _main(argv: list[str] | None) -> int:
         "device": args.device,
         "overrides": overrides,
         "progress": not args.no_progress,
+        "time_budget_s": args.time_budget,
     }
     world = (args.devices or 1) * (args.num_nodes or 1)
     if world > 1 and distributed_env()[1] == 1 and (args.num_nodes or 1) > 1:
@@ -207,7 +218,7 @@ def _main(argv: list[str] | None) -> int:
     metrics = run_stage(
         args.member_file, args.stage, devices=args.devices, num_nodes=args.num_nodes, **options
     )
-    if distributed_env()[0] == 0:
+    if distributed_env()[0] == 0 and not metrics.get("paused"):
         print(f"best Dice {metrics['best_dice']:.5f}")
     return 0
 

@@ -28,7 +28,10 @@ from kaggle_utils.atomic import (
 from kaggle_utils.checkpoint import save_checkpoint
 from kaggle_utils.engine.validation import ValResult
 
+PAUSED = "paused.json"  # a stage stopped early (time budget): to be continued from last.pt
+
 __all__ = [
+    "PAUSED",
     "BestCheckpoint",
     "Figures",
     "LastCheckpoint",
@@ -196,4 +199,32 @@ class MetricsJson:
         engine.metrics = metrics
         if engine.fabric.is_global_zero:
             atomic_write_json(self.stage_dir / "metrics.json", metrics)
+            (self.stage_dir / PAUSED).unlink(missing_ok=True)  # continued to the end
+        engine.fabric.barrier()
+
+
+class PausedMarker:
+    """paused.json when a stage stops early (a time budget): why, and how far it got. The stage
+    is "to be continued": running it again (the next Kaggle session, its output attached)
+    resumes from last.pt."""
+
+    def __init__(self, stage_dir: Path, fields: dict[str, Any]):
+        self.stage_dir, self.fields = stage_dir, fields
+
+    def on_fit_paused(self, engine: Any) -> None:
+        import datetime
+
+        state = engine.state
+        engine.metrics = {
+            **self.fields,
+            "paused": True,
+            "reason": engine.stop_reason,
+            "epochs_done": state.epoch,
+            "epochs": engine.plan.epochs,
+            "best_dice": state.best_dice,
+            "time_s": round(state.elapsed_s, 1),
+            "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if engine.fabric.is_global_zero:
+            atomic_write_json(self.stage_dir / PAUSED, engine.metrics)
         engine.fabric.barrier()

@@ -82,7 +82,8 @@ def run_stage_ddp(
         devices, num_nodes, node_rank, master_addr, master_port: as `torchrun_command`.
         stage_dir: where metrics.json is read after the run (node 0 writes it).
         env: extra environment variables for the processes.
-        options: fold, data_dir, run_dir, init_checkpoint, device, overrides, progress.
+        options: fold, data_dir, run_dir, init_checkpoint, device, overrides, progress,
+            time_budget_s.
     """
     args = _train_args(member_file, stage, options)
     cmd = torchrun_command(args, devices, num_nodes, node_rank, master_addr, master_port)
@@ -105,7 +106,9 @@ def run_stage_ddp(
         )
     if stage_dir is None or node_rank != 0:
         return {}
-    return json.loads((Path(stage_dir) / "metrics.json").read_text())
+    paused = Path(stage_dir) / "paused.json"  # stopped at a time budget: to be continued
+    done = Path(stage_dir) / "metrics.json"
+    return json.loads((done if done.is_file() or not paused.is_file() else paused).read_text())
 
 
 def _train_args(member_file: Any, stage: int, options: dict[str, Any]) -> list[str]:
@@ -119,4 +122,6 @@ def _train_args(member_file: Any, stage: int, options: dict[str, Any]) -> list[s
         args.append(f"--set={key}={json.dumps(value) if not isinstance(value, str) else value}")
     if not options.get("progress", True):
         args.append("--no-progress")
+    if options.get("time_budget_s") is not None:
+        args.append(f"--time-budget={options['time_budget_s']}")
     return args

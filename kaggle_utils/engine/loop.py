@@ -10,7 +10,8 @@ named hooks on the callbacks (`fabric.call`) at each point where a behaviour may
         on_train_batch_end(engine, epoch, batch_idx, loss)
       on_validation_end(engine, epoch, result, row)
       on_train_epoch_end(engine, epoch, row)                     row: this epoch's history row
-    on_fit_end(engine)
+    on_fit_end(engine)        or, when a callback set engine.stop_reason (a time budget):
+    on_fit_paused(engine)     the stage is to be continued from last.pt
 
 A new behaviour (a guard, a checkpoint, a figure, a logger) is a new callback, not an edit here.
 """
@@ -86,6 +87,7 @@ class Engine:
         self.context = context  # the stage (run folder, member): what callbacks write about
         self.last_val: ValResult | None = None
         self.train_images, self.train_seconds = 0, 0.0
+        self.stop_reason: str | None = None  # set by a callback: stop after this epoch
 
     def call(self, hook: str, **kwargs: Any) -> None:
         self.fabric.call(hook, engine=self, **kwargs)
@@ -103,6 +105,9 @@ class Engine:
             self.state.history.append(row)
             self.state.epoch = epoch + 1
             self.call("on_train_epoch_end", epoch=epoch, row=row)
+            if self.stop_reason:
+                self.call("on_fit_paused")
+                return self.state
         self.call("on_fit_end")
         return self.state
 

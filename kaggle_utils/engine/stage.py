@@ -47,6 +47,7 @@ class StageRun:
     overrides: dict[str, Any] = field(default_factory=dict)
     devices: int = 1
     num_nodes: int = 1
+    time_budget_s: float | None = None  # None: 11 h 30 min on Kaggle, no limit elsewhere
 
     @property
     def size(self) -> tuple[int, int]:
@@ -101,6 +102,7 @@ def prepare_stage(
     overrides: dict[str, Any] | None = None,
     devices: int | None = None,
     num_nodes: int | None = None,
+    time_budget_s: float | None = None,
 ) -> StageRun:
     """Validate parameters, find the data, split by car and locate the stage folder.
 
@@ -114,6 +116,8 @@ def prepare_stage(
         device: "cpu", "cuda", "cuda:1" or None (CUDA when present).
         overrides: dotted keys, e.g. {"optimizer.lr": 1e-3}.
         devices, num_nodes: processes per machine and machines (None: the member's).
+        time_budget_s: the session's time budget (engine.timelimit; None: 11 h 30 min on Kaggle,
+            none elsewhere): the stage stops cleanly, to be continued, when it would run over.
     """
     from kaggle_utils.environment import resolve_run_dir
     from kaggle_utils.folds import make_split
@@ -152,6 +156,7 @@ def prepare_stage(
         overrides=dict(overrides or {}),
         devices=devices,
         num_nodes=num_nodes,
+        time_budget_s=time_budget_s,
     )
 
 

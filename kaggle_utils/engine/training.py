@@ -24,6 +24,7 @@ from kaggle_utils.engine.loop import Engine, FitPlan, seed_everything
 from kaggle_utils.engine.sampler import GlobalBatchSampler
 from kaggle_utils.engine.stage import StageRun, build_stage_model
 from kaggle_utils.engine.state import STATE_FORMAT, TrainState
+from kaggle_utils.engine.timelimit import TimeLimit, session_deadline
 from kaggle_utils.engine.validation import Validator
 from kaggle_utils.locks import stage_lock
 
@@ -86,7 +87,14 @@ def _fit_stage(
     model = model if model is not None else build_stage_model(run)
     engine = setup.engine(model, progress, extra_callbacks)
     engine.fit()
-    if rank == 0:
+    if rank == 0 and engine.metrics.get("paused"):
+        print(
+            f"{run.member.name} {run.stage_name}: paused after epoch {engine.state.epoch}/"
+            f"{engine.plan.epochs} ({engine.stop_reason}); last.pt and paused.json are in "
+            f"{run.stage_dir}: run the stage again (the next session) to continue",
+            flush=True,
+        )
+    elif rank == 0:
         print(
             f"{run.member.name} {run.stage_name}: best val Dice {engine.metrics['best_dice']:.5f} "
             f"(epoch {engine.state.best_epoch}, {setup.masks.label}) in "
@@ -120,6 +128,7 @@ def _params_record(run: StageRun) -> dict[str, Any]:
         "val_ids": list(run.val_index["id"]),
         "devices": run.devices,
         "num_nodes": run.num_nodes,
+        "time_budget_s": run.time_budget_s,
     }
 
 
@@ -233,6 +242,8 @@ class _StageSetup:
             callbacks.ProgressBar(progress),
             artefacts.BestCheckpoint(best_pt, member.model.spec(), run.size, self.meta()),
             artefacts.LastCheckpoint(stage_dir, self.meta()),
+            TimeLimit(session_deadline(run.time_budget_s)),  # after last.pt: it may stop here
+            artefacts.PausedMarker(stage_dir, self.meta()),
             callbacks.EpochPrinter(),
             callbacks.FabricLoggers(),
             artefacts.OOFWriter(stage_dir, best_pt, run.val_index),
