@@ -4,11 +4,24 @@ On Kaggle the competition mounts as ``train.zip``, ``train_masks.zip``, ``test.z
 ... each holding one top-level folder. Extracting them would copy tens of GB to a small disk, so a
 :class:`FileStore` reads members in place. The ``ZipFile`` is opened lazily and re-opened in each
 process (keyed by pid), so a store can be handed to forked DataLoader workers safely.
+
+`kaggle competitions download -c carvana-image-masking-challenge` saves one outer
+``carvana-image-masking-challenge.zip`` holding those zips and the CSVs. An inner zip STORED in it
+is a contiguous byte range of the outer file, so it is opened in place through a file window
+(:class:`_Slice`), as fast as a loose zip. A DEFLATED inner zip cannot be seeked without
+re-inflating it from its start at every read (bench/bench_outer_zip.py measures it), so the finder
+stops at once with the one command that unpacks the outer archive, keeping the inner zips zipped.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import os
+import shlex
+import shutil
+import struct
+import sys
 import threading
 import zipfile
 import zlib
@@ -26,25 +39,76 @@ STORES = ("train", "train_hq", "train_masks", "test", "test_hq")
 CSV_MASKS = "train_masks.csv"  # an index's `mask` where only the CSV's row holds the mask
 CSVS = ("train_masks", "metadata", "sample_submission")
 ENV_VAR = "KAGGLE_UTILS_DATA"
+OUTER_ZIP = f"{COMPETITION}.zip"  # what `kaggle competitions download -c ...` saves
+
+
+class _Slice(io.RawIOBase):
+    """A read-only window ``[start, start + size)`` of a file, seekable as a file of its own: a
+    zip STORED inside another zip opens through it in place (zipfile needs seek/tell/read only)."""
+
+    def __init__(self, path: Path, start: int, size: int):
+        super().__init__()
+        self._f = open(path, "rb")  # noqa: SIM115 (closed with the window)
+        self._start, self._size, self._pos = start, size, 0
+        self.name = str(path)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise OSError(f"seek before the start of {self.name}[{self._start}:]")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buf) -> int:  # noqa: ANN001 (any writable buffer)
+        n = max(0, min(len(buf), self._size - self._pos))
+        self._f.seek(self._start + self._pos)
+        got = self._f.readinto(memoryview(buf)[:n])
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
 
 
 class FileStore:
-    """A flat collection of files addressed by basename: a folder, or a .zip read in place."""
+    """A flat collection of files addressed by basename: a folder, or a .zip read in place.
 
-    def __init__(self, path: str | os.PathLike):
+    ``inner``: the zip is the member ``inner`` (e.g. ``train.zip``) STORED inside the archive
+    ``path`` (Kaggle's download); ``path`` stays the real file on disk.
+    """
+
+    def __init__(self, path: str | os.PathLike, inner: str | None = None):
         self.path = Path(path)
-        self.is_zip = self.path.suffix.lower() == ".zip"
+        self.inner = inner
+        self.is_zip = inner is not None or self.path.suffix.lower() == ".zip"
         if self.is_zip and not self.path.is_file():
             raise FileNotFoundError(f"zip archive not found: {self.path}")
         if not self.is_zip and not self.path.is_dir():
             raise FileNotFoundError(f"folder not found: {self.path}")
+        self._span = _stored_span(self.path, inner) if inner is not None else None
         self._zf: zipfile.ZipFile | None = None
         self._pid: int | None = None
         self._members: dict[str, str] | None = None  # basename -> member (zip only)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"FileStore({str(self.path)!r})"
+        inner = f", inner={self.inner!r}" if self.inner else ""
+        return f"FileStore({str(self.path)!r}{inner})"
+
+    @property
+    def location(self) -> str:
+        """The store for messages: ``…/train.zip``, or ``…/<outer>.zip:train.zip`` inside one."""
+        return f"{self.path}:{self.inner}" if self.inner else str(self.path)
 
     # -- pickling (spawned workers): never ship an open handle ------------------------------
     def __getstate__(self) -> dict:
@@ -61,7 +125,10 @@ class FileStore:
         if self._zf is None or self._pid != pid:
             # After fork the parent's handle shares a file offset with the child: never reuse it.
             try:
-                self._zf = zipfile.ZipFile(self.path)
+                if self._span is None:
+                    self._zf = zipfile.ZipFile(self.path)
+                else:
+                    self._zf = zipfile.ZipFile(_Slice(self.path, *self._span))
             except (zipfile.BadZipFile, EOFError, OSError) as exc:
                 raise self._broken(exc) from None
             self._pid = pid
@@ -73,7 +140,13 @@ class FileStore:
             size = f"{self.path.stat().st_size} bytes"
         except OSError:
             size = "size unknown"
-        where = f"{self.path}:{member}" if member else str(self.path)
+        where = f"{self.location}:{member}" if member else self.location
+        if self.inner:
+            return zipfile.BadZipFile(
+                f"{where} cannot be read ({type(exc).__name__}: {exc}; the outer archive has "
+                f"{size}): it is truncated or corrupt; download it again (kaggle competitions "
+                f"download -c {COMPETITION} -p {self.path.parent})"
+            )
         stem = self.path.name[: -len(".zip")]
         return zipfile.BadZipFile(
             f"{where} cannot be read ({type(exc).__name__}: {exc}; the archive has {size}): it is "
@@ -116,7 +189,7 @@ class FileStore:
     def describe(self, name: str) -> str:
         """Where a file lives: ``…/train.zip:train/x.jpg`` or ``…/train/x.jpg``."""
         if self.is_zip:
-            return f"{self.path}:{self._index().get(name, name)}"
+            return f"{self.location}:{self._index().get(name, name)}"
         return str(self.path / name)
 
     def read_bytes(self, name: str) -> bytes:
@@ -124,7 +197,7 @@ class FileStore:
         if self.is_zip:
             member = self._index().get(name)
             if member is None:
-                raise FileNotFoundError(f"{name} not found in {self.path}")
+                raise FileNotFoundError(f"{name} not found in {self.location}")
             try:
                 return self._zip().read(member)
             except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
@@ -135,26 +208,145 @@ class FileStore:
             raise FileNotFoundError(f"{name} not found in {self.path}") from None
 
 
+def _stored_span(outer: Path, member: str) -> tuple[int, int]:
+    """(start, size) of ``member``'s bytes in ``outer``; the unpack message unless STORED."""
+    try:
+        with zipfile.ZipFile(outer) as zf:
+            info = zf.getinfo(member)
+        with open(outer, "rb") as f:
+            f.seek(info.header_offset)
+            head = f.read(30)
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+        raise _outer_broken(outer, exc) from None
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        raise FileNotFoundError(_unpack_message(outer, [info]))
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        raise _outer_broken(outer, zipfile.BadZipFile(f"no local header for {member}"))
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    return info.header_offset + 30 + name_len + extra_len, info.compress_size
+
+
+def _outer_broken(outer: Path, exc: BaseException) -> zipfile.BadZipFile:
+    return zipfile.BadZipFile(
+        f"{outer} cannot be read ({type(exc).__name__}: {exc}; {outer.stat().st_size} bytes): it "
+        f"is truncated or corrupt; download it again (kaggle competitions download -c "
+        f"{COMPETITION} -p {outer.parent})"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _outer_listing(path: str, mtime_ns: int, size: int) -> dict[str, zipfile.ZipInfo]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise _outer_broken(Path(path), exc) from None
+    out: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        base = info.filename.rsplit("/", 1)[-1]
+        if not info.is_dir() and not info.filename.startswith("__MACOSX/") and base:
+            out.setdefault(base, info)
+    return out
+
+
+def _outer_members(root: Path) -> dict[str, zipfile.ZipInfo]:
+    """Basename -> member of ``root/carvana-image-masking-challenge.zip`` (empty without it);
+    the listing is cached while the file is unchanged (the finder asks often)."""
+    path = root / OUTER_ZIP
+    try:
+        st = path.stat()
+    except OSError:
+        return {}
+    if not path.is_file():
+        return {}
+    return _outer_listing(str(path), st.st_mtime_ns, st.st_size)
+
+
+def _unpack_message(outer: Path, infos: Sequence[zipfile.ZipInfo]) -> str:
+    """One line: which inner zips cannot be read in place, why, and the command that unpacks."""
+    names = ", ".join(i.filename for i in infos)
+    need = sum(i.file_size for i in _outer_members(outer.parent).values())
+    need_s = f"{need / 1e9:.1f} GB" if need >= 1e9 else f"{need / 1e6:.0f} MB"
+    src, dst = shlex.quote(str(outer)), shlex.quote(str(outer.parent))
+    if shutil.which("unzip"):
+        cmd = f"unzip -o {src} -d {dst}"
+    else:
+        cmd = f"{shlex.quote(sys.executable)} -m zipfile -e {src} {dst}"
+    verb = "is" if len(infos) == 1 else "are"
+    return (
+        f"{outer}: {names} {verb} compressed inside it, and a compressed inner zip re-inflates "
+        f"from its start at every image read (~1.4 s an image for train.zip, "
+        f"bench/bench_outer_zip.py); unpack it once, the inner zips stay zipped and are read in "
+        f"place ({need_s} more on disk; {outer.name} can be deleted afterwards): {cmd}"
+    )
+
+
 def _find_store(root: Path, stem: str) -> FileStore | None:
     if (root / stem).is_dir():
         return FileStore(root / stem)
     if (root / f"{stem}.zip").is_file():
         return FileStore(root / f"{stem}.zip")
+    info = _outer_members(root).get(f"{stem}.zip")
+    if info is not None:
+        return FileStore(root / OUTER_ZIP, inner=info.filename)
     return None
+
+
+def _csv_names(stem: str) -> tuple[str, ...]:
+    return (f"{stem}.csv", f"{stem}.csv.zip", f"{stem}.csv.gz")
 
 
 def _find_csv(root: Path, stem: str) -> Path | None:
-    for name in (f"{stem}.csv", f"{stem}.csv.zip", f"{stem}.csv.gz"):
+    """The CSV as a file in ``root``, else as a member of the outer archive: then a label
+    ``<root>/<outer>.zip:<member>`` that names it in messages (read it with read_csv)."""
+    for name in _csv_names(stem):
         if (root / name).is_file():
             return root / name
+    members = _outer_members(root)
+    for name in _csv_names(stem):
+        if name in members:
+            return Path(f"{root / OUTER_ZIP}:{members[name].filename}")
     return None
 
 
+def _read_outer_csv(root: Path, stem: str) -> pd.DataFrame:
+    """A CSV member of the outer archive (any compression: read once, start to end)."""
+    members = _outer_members(root)
+    info = next(members[n] for n in _csv_names(stem) if n in members)
+    outer = root / OUTER_ZIP
+    try:
+        with zipfile.ZipFile(outer) as zf:
+            raw = zf.read(info)
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+        raise _outer_broken(outer, exc) from None
+    name = info.filename.lower()
+    kind = "zip" if name.endswith(".zip") else "gzip" if name.endswith(".gz") else None
+    return pd.read_csv(io.BytesIO(raw), compression=kind)
+
+
+def _check_outer(root: Path) -> None:
+    """Before any work: the one unpack command when an inner zip the data needs from the outer
+    archive is compressed in it (a loose zip or folder of the same name is used instead)."""
+    members = _outer_members(root)
+    bad = [
+        members[f"{s}.zip"]
+        for s in STORES
+        if f"{s}.zip" in members
+        and not (root / s).is_dir()
+        and not (root / f"{s}.zip").is_file()
+        and members[f"{s}.zip"].compress_type != zipfile.ZIP_STORED
+    ]
+    if bad:
+        raise FileNotFoundError(_unpack_message(root / OUTER_ZIP, bad))
+
+
 def _looks_like_data(path: Path) -> bool:
-    return any(
-        (path / n).exists()
-        for n in ("train", "train.zip", "train_hq", "train_hq.zip", "test", "test.zip")
-    ) or any(_find_csv(path, s) is not None for s in ("train_masks", "sample_submission"))
+    names = ("train", "train.zip", "train_hq", "train_hq.zip", "test", "test.zip")
+    return (
+        any((path / n).exists() for n in names)
+        or any(_find_csv(path, s) is not None for s in ("train_masks", "sample_submission"))
+        or any(n in _outer_members(path) for n in names if n.endswith(".zip"))
+    )
 
 
 MASK_SOURCES = ("auto", "csv", "gif")
@@ -177,6 +369,7 @@ class CompetitionData:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data folder not found: {self.root}")
+        _check_outer(self.root)
         self.train = _find_store(self.root, "train")
         self.train_hq = _find_store(self.root, "train_hq")
         self.train_masks = _find_store(self.root, "train_masks")
@@ -200,6 +393,7 @@ class CompetitionData:
 
     # -- CSVs ------------------------------------------------------------------------------
     def csv_path(self, stem: str) -> Path:
+        """The CSV's file; inside the outer archive a label ``…/<outer>.zip:<member>``."""
         path = _find_csv(self.root, stem)
         if path is None:
             raise FileNotFoundError(f"{stem}.csv (or {stem}.csv.zip) not found in {self.root}")
@@ -209,8 +403,12 @@ class CompetitionData:
         return _find_csv(self.root, stem) is not None
 
     def read_csv(self, stem: str) -> pd.DataFrame:
-        """``train_masks``, ``metadata``, ``sample_submission``, ... as .csv or Kaggle's .csv.zip."""
-        return pd.read_csv(self.csv_path(stem))
+        """``train_masks``, ``metadata``, ``sample_submission``, ... as .csv or Kaggle's .csv.zip,
+        loose or inside the outer archive."""
+        path = self.csv_path(stem)
+        if path.is_file():
+            return pd.read_csv(path)
+        return _read_outer_csv(self.root, stem)
 
     # -- images ----------------------------------------------------------------------------
     def image_store(self, split: str = "train", hq: bool = False) -> FileStore:
@@ -219,7 +417,9 @@ class CompetitionData:
         stem = f"{split}_hq" if hq else split
         store = getattr(self, stem)
         if store is None:
-            raise FileNotFoundError(f"no {stem}/ folder or {stem}.zip in {self.root}")
+            raise FileNotFoundError(
+                f"no {stem}/ folder or {stem}.zip in {self.root} (nor in {OUTER_ZIP})"
+            )
         return store
 
     def load_image(
@@ -334,6 +534,7 @@ def _jpg(image_id: str) -> str:
 def _looks_like_carvana(path: Path) -> bool:
     """Stricter test for other Kaggle mounts: train images plus masks (GIFs or the CSV)."""
     has_train = any((path / n).exists() for n in ("train", "train.zip", "train_hq", "train_hq.zip"))
+    has_train = has_train or any(n in _outer_members(path) for n in ("train.zip", "train_hq.zip"))
     has_masks = _find_store(path, "train_masks") is not None or _find_csv(path, "train_masks")
     return has_train and bool(has_masks)
 
@@ -385,7 +586,8 @@ def _in_folder(root: Path, mask_source: str) -> CompetitionData:
         return CompetitionData(subs[0], mask_source)
     raise FileNotFoundError(
         f"{root} holds no Carvana files: expected train/ or train.zip, train_masks/ or "
-        "train_masks.csv, test/ or test.zip, metadata.csv, sample_submission.csv"
+        "train_masks.csv, test/ or test.zip, metadata.csv, sample_submission.csv, or Kaggle's "
+        f"download {OUTER_ZIP} holding them"
     )
 
 

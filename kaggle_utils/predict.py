@@ -39,7 +39,7 @@ from kaggle_utils.locks import submission_lock
 from kaggle_utils.precision import precision_for
 from kaggle_utils.refine import to_guide
 from kaggle_utils.submit_resume import check_resume, resume_settings, save_fingerprint
-from kaggle_utils.testset import TestImages, ids_to_predict, image_shape
+from kaggle_utils.testset import TestImages, ids_to_predict, image_shape, select_shard
 
 # --------------------------------------------------------------------------------------------------
 # settings
@@ -144,6 +144,8 @@ def predict_submission(
     progress: bool = True,
     cpu_threads: int | None = None,
     restart: bool = False,
+    shard: int | None = None,
+    n_shards: int | None = None,
 ) -> PredictResult:
     """Predict every selected test image and write a validated `submission.csv.gz` (resumable).
 
@@ -158,23 +160,35 @@ def predict_submission(
     different ensemble (checkpoints, weights, threshold, TTA, mode) are never resumed silently.
     largest_component: keep each mask's largest connected component (``postprocess``).
     guided: upsample with the photo as guide (``refine``; a ``GuidedFilterConfig`` or its dict).
+    shard, n_shards: predict only shard ``shard`` of ``n_shards`` (contiguous, sample order) into
+    ``shards.shard_path(out_path, ...)``; ``shards.merge_shards`` joins them into ``out_path``.
     """
     from kaggle_utils.submission import SubmissionWriter
 
     if not members:
         raise ValueError("predict_submission needs at least one member")
     dev = pick_device(device)
-    store, ids = ids_to_predict(data, hq, limit)
+    store, all_ids = ids_to_predict(data, hq, limit)
+    ids = select_shard(all_ids, shard, n_shards)  # every id when both are None
     out_shape = image_shape(store, ids[0])  # MASK_SHAPE on Kaggle; smaller synthetic sets differ
     guided = GuidedFilterConfig.model_validate(guided) if guided is not None else None
     precision = precision_for(dev, amp=amp is None or bool(amp))  # None: mixed on CUDA
     plan = _Plan(members, dev, out_shape, tta, mode, threshold, guided, precision)
     out_path = Path(out_path)
+    if n_shards is not None:
+        from kaggle_utils.shards import shard_path
+
+        out_path = shard_path(out_path, shard, n_shards)  # type: ignore[arg-type]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # one writer per submission: a second 06 on this file fails here, naming the first
     with submission_lock(out_path):
         settings = resume_settings(tta, mode, threshold, largest_component, guided)
         check_resume(out_path, members, **settings, restart=restart)
+        if n_shards is not None:
+            from kaggle_utils.shards import begin_shard, ensemble_key
+
+            key = ensemble_key(members, settings)
+            begin_shard(out_path, shard, n_shards, all_ids, out_shape, key)  # type: ignore[arg-type]
         writer = SubmissionWriter(
             out_path, ids, chunk_size=chunk_size, shape=out_shape, workers=encode_workers
         )

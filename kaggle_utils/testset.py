@@ -121,6 +121,38 @@ def select_ids(
     return chosen
 
 
+def shard_range(n_ids: int, shard: int, n_shards: int) -> tuple[int, int]:
+    """[start, stop) of shard ``shard`` of ``n_shards`` over ``n_ids`` ids in sample order.
+
+    Contiguous and balanced (sizes differ by at most one), so the shards cover every id once and
+    merging them is a concatenation in sample-submission order.
+    """
+    if isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) or n_shards < 1:
+        raise ValueError(f"n_shards={n_shards!r}: use a whole number >= 1 (or None: the whole set)")
+    if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)):
+        raise ValueError(f"shard={shard!r}: use a whole number in 0..{n_shards - 1}")
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard={shard} is outside 0..{n_shards - 1} (n_shards={n_shards})")
+    if n_shards > n_ids:
+        raise ValueError(
+            f"n_shards={n_shards} exceeds the {n_ids} ids to predict: every shard needs an id; "
+            "use fewer shards"
+        )
+    return shard * n_ids // n_shards, (shard + 1) * n_ids // n_shards
+
+
+def select_shard(ids: Sequence[str], shard: int | None, n_shards: int | None) -> list[str]:
+    """The ids of one shard (``shard_range``); both None: every id. One without the other fails."""
+    if shard is None and n_shards is None:
+        return list(ids)
+    if shard is None or n_shards is None:
+        raise ValueError(
+            f"shard={shard!r}, n_shards={n_shards!r}: give both (shard i of n) or neither"
+        )
+    start, stop = shard_range(len(ids), shard, n_shards)
+    return list(ids[start:stop])
+
+
 def ids_to_predict(data: Any, hq: bool, limit: Any) -> tuple[Any, list[str]]:
     """The test store and the sample-submission ids to predict from it."""
     store = data.test_hq if hq else data.test

@@ -633,3 +633,98 @@ def test_cli_build_dry_run_and_errors(tmp_path, capsys):
     assert main(["build", str(ensemble), "--owner", "alice", "--prefix", long_prefix]) == 2
     assert "longer than 50 characters" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "nothing")]) == 2
+
+
+# ------------------------------------------------------------------ accelerators
+
+
+def test_broken_accelerator_rejected_with_the_list(tmp_path, built):
+    import yaml
+
+    ensemble = _write_params(tmp_path, members=("m1",), folds=(0,))
+    raw = yaml.safe_load(ensemble.read_text())
+    ensemble.write_text(json.dumps({**raw, "accelerator": "NvidiaTeslaT5"}))
+    with pytest.raises(
+        ValueError, match=r"ensemble\.yaml: key 'accelerator': 'NvidiaTeslaT5'"
+    ) as e:
+        plan_kernels(ensemble)
+    assert "did you mean 'NvidiaTeslaT4'" in str(e.value) and "NvidiaH100" in str(e.value)
+    assert not (tmp_path / "build").exists()
+    # a bundle edited by hand: the validator names machine_shape
+    bundle = tmp_path / "bundle"
+    source = built / "carvana-tiny-05-ensemble"
+    bundle.mkdir()
+    for f in source.iterdir():
+        (bundle / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((bundle / "kernel-metadata.json").read_text())
+    (bundle / "kernel-metadata.json").write_text(json.dumps({**meta, "machine_shape": "T4x2"}))
+    problems = kernel_problems(bundle)
+    assert [f for f, _ in problems] == ["machine_shape"] and "NvidiaTeslaT4" in problems[0][1]
+
+
+def test_machine_shape_written_and_passed_to_push(built, kaggle_api, tmp_path):
+    metas = {
+        p.name: json.loads((p / "kernel-metadata.json").read_text())
+        for p in built.iterdir()
+        if (p / "kernel-metadata.json").exists()
+    }
+    for name, meta in metas.items():
+        if any(s in name for s in ("-01-", "-02-")):
+            assert "machine_shape" not in meta and meta["enable_gpu"] is False
+        else:
+            assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_gpu"] is True
+    # the kaggle CLI's own push sends it as the session's machine shape
+    kaggle_api.kernels_push(str(built / "carvana-tiny-06-submit"))
+    assert kaggle_api.sent[-1]["body"]["machineShape"] == "NvidiaTeslaT4"
+    done = subprocess.run(
+        [sys.executable, "-m", "kaggle_utils.kernels", "push", str(built), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr
+    pushes = [line for line in done.stdout.splitlines() if " kernels push -p " in line]
+    assert len(pushes) == len(metas)
+    for line in pushes:
+        argv = shlex.split(line[2:])
+        name = Path(argv[argv.index("-p") + 1]).name
+        shape = metas[name].get("machine_shape")
+        assert (argv[argv.index("--accelerator") + 1] if shape else None) == shape, line
+        assert ("--accelerator" in argv) is bool(shape)
+
+
+def test_p100_warns_and_t4x2_trains_on_both_gpus(tmp_path, notebook_dir, capsys):
+    import yaml
+
+    from kaggle_utils.config import load_member
+
+    ensemble = _write_params(tmp_path, members=("m1", "m2_unet"), folds=(0,))
+    m2 = ensemble.parent / "m2_unet.yaml"
+    m2.write_text(json.dumps({**json.loads(m2.read_text()), "accelerator": "NvidiaTeslaP100"}))
+    plan = plan_kernels(ensemble, per_stage=True)
+    (warning,) = [w for w in plan.warnings if "P100" in w]
+    assert warning.startswith(f"{m2}: key 'accelerator'") and "sm_60" in warning
+    shapes = {k.slug: k.machine_shape for k in plan.kernels}
+    assert shapes["carvana-tiny-03-m2-unet-f0-s1"] == "NvidiaTeslaP100"
+    assert shapes["carvana-tiny-03-m1-f0-s1"] == "NvidiaTeslaT4"
+    assert shapes["carvana-tiny-02-split"] is None
+    params = {k.slug: k.parameters for k in plan.kernels}
+    assert params["carvana-tiny-03-m1-f0-s2"]["devices"] == 2  # T4 x2: both GPUs
+    assert "devices" not in params["carvana-tiny-03-m2-unet-f0-s1"]  # one P100
+    # 04 reads the member file: the shipped copy says devices 2 and hashes the same
+    shipped = tmp_path / "tiny__m1.yaml"
+    shipped.write_text(plan.params_files["tiny__m1.yaml"])
+    assert yaml.safe_load(shipped.read_text())["devices"] == 2
+    original = load_member(ensemble.parent / "m1.yaml")
+    assert load_member(shipped).devices == 2
+    assert load_member(shipped).params_hash(1) == original.params_hash(1)
+    # a member that states its devices keeps them; the build prints the P100 warning
+    m1 = ensemble.parent / "m1.yaml"
+    m1.write_text(json.dumps({**json.loads(m1.read_text()), "devices": 1}))
+    plan = plan_kernels(ensemble)
+    assert "devices" not in yaml.safe_load(plan.params_files["tiny__m1.yaml"]) or (
+        yaml.safe_load(plan.params_files["tiny__m1.yaml"])["devices"] == 1
+    )
+    build_kernels(ensemble, "alice", tmp_path / "k", notebook_dir=notebook_dir, package=False)
+    assert "sm_60" in capsys.readouterr().err

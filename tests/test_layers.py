@@ -150,7 +150,7 @@ LAYERS = {
     "data": "dataset augment folds eda eda_plots",
     "models": "models losses metrics refine postprocess checkpoint optim precision runs",
     "inference": "inference",
-    "train / ensemble / predict": "engine train ensemble predict testset submit_resume submission plots widgets",
+    "train / ensemble / predict": "engine train ensemble predict testset shards submit_resume submission plots widgets",
     "pipeline / kernels": "pipeline kernels notebook",
 }
 # config validates member files against the registries of models, losses and augment, importing

@@ -7,13 +7,8 @@ import pandas as pd
 import pytest
 
 from kaggle_utils.folds import load_folds
+from kaggle_utils.kernels.closure import INSTALL_CELL
 from kaggle_utils.notebook import execute_notebook
-
-INSTALL_CELL = """# On Kaggle: install the kaggle_utils wheel attached as a dataset. Elsewhere this does nothing.
-import glob, subprocess, sys
-_wheels = sorted(glob.glob("/kaggle/input/*/kaggle_utils-*.whl"))
-if _wheels:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", _wheels[-1]], check=True)"""
 
 PARAMETERS = {
     "01_eda.ipynb": {"data_dir", "sample_size", "run_dir"},

@@ -37,6 +37,14 @@ class EnsembleConfig(_Strict):
     )
     predict_batch_size: int = Field(default=4, ge=1)
     submit_limit: int | None = Field(default=None, ge=1)
+    n_shards: int | None = Field(
+        default=None, ge=1, description="06: N test shards (parallel), merged"
+    )
+    accelerator: str | None = Field(
+        default=None,
+        description="Kaggle kernels: machine_shape of the GPU kernels (03/04/05/06), an id of "
+        "kaggle_utils.kernels.validate.ACCELERATORS; None -> NvidiaTeslaT4 (GPU T4 x2)",
+    )
     source: Path | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")

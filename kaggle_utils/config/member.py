@@ -130,6 +130,11 @@ class MemberConfig(_Strict):
         description="with several CUDA devices, BatchNorm statistics over the global batch "
         "(SyncBatchNorm); per-device statistics otherwise",
     )
+    accelerator: str | None = Field(
+        default=None,
+        description="Kaggle kernels: machine_shape of this member's training kernels; None -> "
+        "the ensemble's (hardware: not in params_hash)",
+    )
     cache: bool = Field(default=False, description="keep decoded resized images in memory")
     soft_masks: bool = Field(
         default=True,
@@ -188,6 +193,7 @@ class MemberConfig(_Strict):
         filled in: a schema gaining a default must not retrain the stages users have finished."""
         # hardware is not a result: batch_size is the global batch on any number of devices
         hardware = {"num_workers", "description", "devices", "num_nodes", "sync_batchnorm"}
+        hardware |= {"accelerator"}  # the Kaggle GPU a kernel asks for
         spec = self.model_dump(mode="json", exclude=hardware)
         for key in ("model", "loss", "augment"):
             value = getattr(self, key)

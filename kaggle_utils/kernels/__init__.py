@@ -3,6 +3,8 @@
 python -m kaggle_utils.kernels build params/demo/ensemble.yaml --owner USER   # build/kernels/...
 python -m kaggle_utils.kernels validate build/kernels                           # the CLI's rules
 python -m kaggle_utils.kernels push build/kernels --wait                        # kaggle CLI uploads
+python -m kaggle_utils.kernels plan params/carvana/ensemble.yaml --accelerator NvidiaTeslaT4  # hours
+python -m kaggle_utils.kernels status build/kernels --outputs out/   # done / to continue / waiting
 """
 
 from __future__ import annotations
@@ -111,12 +113,44 @@ def _parser() -> argparse.ArgumentParser:
         help="wait for each wave of kernels to finish before pushing the kernels that read them",
     )
     p.add_argument("--poll", type=float, default=60.0, help="seconds between status checks")
+
+    g = sub.add_parser("plan", help="estimated GPU hours, 12-hour sessions and weekly quota")
+    g.add_argument("ensemble", help="params/<set>/ensemble.yaml")
+    g.add_argument("--accelerator", help="machine_shape for every GPU kernel (e.g. NvidiaTeslaT4)")
+    g.add_argument("--per-stage", action="store_true", help="plan one 03 kernel per stage")
+    g.add_argument("--dataset", action="append", default=[], metavar="OWNER/SLUG")
+    g.add_argument("--figures", help="GPU figures file (default bench/gpu_figures.json)")
+
+    s = sub.add_parser("status", help="which kernels are done, to continue, or waiting")
+    s.add_argument("path", help="a build folder (build/kernels) or a run folder (with --ensemble)")
+    s.add_argument("--outputs", help="kernel outputs, one folder per slug (default PATH/outputs)")
+    s.add_argument("--ensemble", help="for a run folder: the ensemble file the kernels came from")
     return parser
+
+
+def _plan_or_status(args: argparse.Namespace) -> int:
+    from kaggle_utils.kernels import budget
+
+    if args.command == "plan":
+        plan = budget.plan_budget(
+            args.ensemble,
+            args.accelerator,
+            per_stage=args.per_stage,
+            datasets=args.dataset,
+            figures=args.figures,
+        )
+        print(plan.describe())
+        return 0
+    statuses = budget.kernel_status(args.path, ensemble=args.ensemble, outputs=args.outputs)
+    print(budget.describe_status(statuses))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in ("plan", "status"):
+            return _plan_or_status(args)
         if args.command == "build":
             if args.dry_run:
                 plan = plan_kernels(

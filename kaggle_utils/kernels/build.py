@@ -40,11 +40,14 @@ import yaml
 from kaggle_utils.constants import COMPETITION
 from kaggle_utils.kernels.validate import (
     DATASET_METADATA_FILE,
+    DEFAULT_ACCELERATOR,
     KERNEL_METADATA_FILE,
     MAX_TITLE,
     OWNER_RE,
     SLUG_RE,
     BundleError,
+    accelerator_problem,
+    accelerator_warning,
     dataset_problems,
     kernel_problems,
 )
@@ -67,6 +70,9 @@ NOTEBOOKS = {
 # TTA to tune weights and threshold; 06 predicts the test set)
 GPU_STEPS = {"03", "04", "05", "06"}
 TRAIN_STEPS = {"03", "04"}
+# accelerators with several GPUs in one session: a training kernel there runs the member on all of
+# them (engine.launch, torchrun) unless the member file states `devices`
+ACCELERATOR_GPUS = {"NvidiaTeslaT4": 2}
 
 __all__ = [
     "COMPETITION",
@@ -91,14 +97,27 @@ class KernelSpec:
     upstream: list[str] = field(default_factory=list)  # slugs of kernels whose output it reads
     datasets: list[str] = field(default_factory=list)  # extra owner/slug datasets (weights)
     internet: bool = False
+    accelerator: str | None = None  # Kaggle's machine_shape; None: the default GPU for GPU steps
 
     @property
     def notebook(self) -> str:
         return NOTEBOOKS[self.step]
 
     @property
+    def machine_shape(self) -> str | None:
+        """The accelerator id the kernel asks for (None: no accelerator, a CPU session)."""
+        if self.accelerator is not None:
+            return self.accelerator
+        return DEFAULT_ACCELERATOR if self.step in GPU_STEPS else None
+
+    @property
     def gpu(self) -> bool:
-        return self.step in GPU_STEPS
+        shape = self.machine_shape
+        return shape is not None and not shape.startswith("Tpu")
+
+    @property
+    def tpu(self) -> bool:
+        return (self.machine_shape or "").startswith("Tpu")
 
     @property
     def title(self) -> str:
@@ -189,9 +208,12 @@ def plan_kernels(
     internet: bool = False,
     package_dataset: str = PACKAGE_DATASET,
     kaggle_input: str = KAGGLE_INPUT,
+    accelerator: str | None = None,
 ) -> KernelPlan:
     """The kernels for one ensemble file: 01, 02, one training kernel per member and fold (04, or
-    one 03 per stage with `per_stage`, each starting from the previous stage's best.pt), 05, 06."""
+    one 03 per stage with `per_stage`, each starting from the previous stage's best.pt), 05, 06.
+
+    accelerator: the machine_shape of every GPU kernel, over the ensemble's and members' own."""
     from kaggle_utils.config import load_ensemble, load_member
     from kaggle_utils.runs import stage_dir_for
 
@@ -298,6 +320,9 @@ def plan_kernels(
         KernelSpec(f"{prefix}-06-submit", "06", dict(ens_params), [*member_slugs, ensemble.slug])
     )
 
+    where = (accelerator, "--accelerator")
+    _assign_accelerators(kernels, ens, ensemble_path, members, member_paths, files, warnings, where)
+
     slugs = [k.slug for k in kernels]
     too_long = [s for s in slugs if len(s) > MAX_TITLE]
     if too_long:
@@ -309,6 +334,76 @@ def plan_kernels(
     if duplicates:
         raise ValueError(f"{ensemble_path}: member names give the same kernel slug: {duplicates}")
     return KernelPlan(ens.name, prefix, kernels, files, warnings)
+
+
+def _checked_accelerator(value: str | None, where: Path, warnings: list[str]) -> str | None:
+    """`value` if Kaggle takes it (its warning, e.g. P100's, added); else a ValueError naming the
+    file and the key, raised before any bundle is written."""
+    if value is None:
+        return None
+    what = f"{where}" if str(where).startswith("--") else f"{where}: key 'accelerator'"
+    problem = accelerator_problem(value)
+    if problem:
+        raise ValueError(f"{what}: {problem}")
+    warning = accelerator_warning(value)
+    if warning:
+        warnings.append(f"{what}: {warning}")
+    return value
+
+
+def _with_devices(text: str, devices: int, accelerator: str) -> str:
+    """The member file as shipped with `devices` set: the line appended where the file stays
+    what it was plus that key (comments kept), else the file re-dumped."""
+    raw = yaml.safe_load(text) or {}
+    line = f"devices: {devices}  # kaggle_utils.kernels: the {devices} GPUs of {accelerator}\n"
+    appended = text.rstrip("\n") + "\n" + line
+    try:
+        if yaml.safe_load(appended) == {**raw, "devices": devices}:
+            return appended
+    except yaml.YAMLError:
+        pass
+    header = (
+        f"# as shipped by kaggle_utils.kernels: devices {devices} (the GPUs of {accelerator})\n"
+    )
+    return header + yaml.safe_dump({**raw, "devices": devices}, sort_keys=False)
+
+
+def _assign_accelerators(
+    kernels: list[KernelSpec],
+    ens: Any,
+    ensemble_path: Path,
+    members: list[Any],
+    member_paths: list[Path],
+    files: dict[str, str],
+    warnings: list[str],
+    override: tuple[str | None, str] = (None, ""),
+) -> None:
+    """Each GPU kernel's machine_shape: the member's `accelerator` for its training kernels, else
+    the ensemble's, else Kaggle's default GPU (T4 x2); CPU kernels (01, 02) get none. On a
+    several-GPU accelerator a member that does not state `devices` trains on all of them: its
+    shipped member file says so (04 reads it) and 03 kernels get the `devices` parameter."""
+    root = _params_root(ensemble_path)
+    forced = _checked_accelerator(override[0], Path(override[1]), warnings)
+    default = forced or _checked_accelerator(ens.accelerator, ensemble_path, warnings)
+    default = default or DEFAULT_ACCELERATOR
+    by_file: dict[str, tuple[str, int | None]] = {}
+    for member, path in zip(members, member_paths, strict=True):
+        accelerator = forced or _checked_accelerator(member.accelerator, path, warnings) or default
+        flat = _flat_name(path, root, "member file")
+        devices = ACCELERATOR_GPUS.get(accelerator)
+        if devices and "devices" not in member.model_fields_set:
+            files[flat] = _with_devices(files[flat], devices, accelerator)
+        else:
+            devices = None
+        by_file[flat] = (accelerator, devices)
+    for spec in kernels:
+        if spec.step not in GPU_STEPS or spec.accelerator is not None:
+            continue
+        member_file = str(spec.parameters.get("member_file") or "")
+        accelerator, devices = by_file.get(member_file.rsplit("/", 1)[-1], (default, None))
+        spec.accelerator = accelerator
+        if spec.step == "03" and devices:
+            spec.parameters["devices"] = devices
 
 
 def kernel_metadata(
@@ -323,12 +418,14 @@ def kernel_metadata(
         "kernel_type": "notebook",
         "is_private": True,
         "enable_gpu": spec.gpu,
-        "enable_tpu": False,
+        "enable_tpu": spec.tpu,
         "enable_internet": spec.internet,
         "dataset_sources": [f"{owner}/{package_dataset}", *spec.datasets],
         "competition_sources": [COMPETITION],
         "kernel_sources": [f"{owner}/{s}" for s in spec.upstream],
         "model_sources": [],
+        # the kaggle CLI's `kernels push --accelerator` overrides it; upload.push passes both
+        **({"machine_shape": spec.machine_shape} if spec.machine_shape else {}),
     }
 
 
@@ -437,6 +534,15 @@ def wheel_command(pkg: Path) -> list[str]:
     return [*cmd, "-q", "-w", str(Path(pkg).resolve())]
 
 
+def _write_closure(pkg: Path, wheel: Path) -> None:
+    """Beside our wheel, the wheels of what Kaggle's image lacks or has too old. Flat, not in a
+    subfolder: `kaggle datasets create` skips subfolders unless told a --dir-mode."""
+    from kaggle_utils.kernels.closure import build_closure, wheel_requirements
+
+    shipped = build_closure(wheel_requirements(wheel), pkg, keep=[wheel.name])
+    print(shipped.describe(), flush=True)
+
+
 def build_package(
     out: Path,
     owner: str,
@@ -444,8 +550,12 @@ def build_package(
     package_dataset: str = PACKAGE_DATASET,
     params_files: dict[str, str] | None = None,
     project_dir: Path = REPO_ROOT,
+    closure: bool = True,
 ) -> Path:
-    """The helper package as a dataset: `pip wheel . --no-deps`, the parameter files, metadata."""
+    """The helper package as a dataset: `pip wheel . --no-deps`, the parameter files, metadata,
+    and beside our wheel the wheels of what Kaggle's image lacks (kaggle_utils.kernels.closure),
+    so the notebooks' first cell installs offline without touching the image's torch.
+    `closure=False` leaves them out (a dataset for a machine with internet)."""
     pkg = out / PACKAGE_DIR
     pkg.mkdir(parents=True, exist_ok=True)
     for old in pkg.glob("kaggle_utils-*.whl"):
@@ -471,6 +581,8 @@ def build_package(
     wheels = sorted(pkg.glob("kaggle_utils-*.whl"))
     if len(wheels) != 1:
         raise RuntimeError(f"pip wheel left {len(wheels)} kaggle_utils wheels in {pkg}")
+    if closure:
+        _write_closure(pkg, wheels[0])
     for name, text in (params_files or {}).items():
         tmp = pkg / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")

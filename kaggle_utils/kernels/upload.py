@@ -22,7 +22,7 @@ from kaggle_utils.kernels.validate import (
     validate_tree,
 )
 
-__all__ = ["PushError", "credentials_source", "discover", "push_waves", "push"]
+__all__ = ["PushError", "credentials_source", "discover", "push_command", "push_waves", "push"]
 
 
 class PushError(RuntimeError):
@@ -89,6 +89,16 @@ def _say(cmd: Sequence[str]) -> None:
 def _failed(done: subprocess.CompletedProcess) -> bool:
     text = (done.stdout + done.stderr).lower()
     return done.returncode != 0 or "error" in text
+
+
+def push_command(cli: Sequence[str], folder: Path) -> list[str]:
+    """`kaggle kernels push` for one bundle, with `--accelerator` set to its machine_shape: the
+    CLI's flag wins over the metadata on the server side, so both say the same GPU."""
+    cmd = [*cli, "kernels", "push", "-p", str(folder)]
+    meta = json.loads((folder / KERNEL_METADATA_FILE).read_text(encoding="utf-8"))
+    if meta.get("machine_shape"):
+        cmd += ["--accelerator", str(meta["machine_shape"])]
+    return cmd
 
 
 def _push_package(cli: list[str], package: Path, message: str, dry_run: bool) -> None:
@@ -173,7 +183,7 @@ def push(
         _push_package(cli, package_dir, f"kaggle_utils {__version__}", dry_run)
     for i, wave in enumerate(waves):
         for kid in wave:
-            cmd = [*cli, "kernels", "push", "-p", str(kernels[kid])]
+            cmd = push_command(cli, kernels[kid])
             _say(cmd)
             if dry_run:
                 continue

@@ -37,8 +37,32 @@ MAX_TITLE = 50  # Kaggle's limit on kernel titles (the server fails on longer on
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 OWNER_RE = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
 
+# The accelerator ids `kaggle kernels push --accelerator` and kernel-metadata.json's `machine_shape`
+# take: the kaggle CLI's docs/kernels.md (the list "as of Feb 2026"; kaggle-cli PR #1198: NvidiaTeslaT4
+# is GPU T4 x2, a single T4 is not offered; NvidiaTeslaT4Highmem is an internal pool) and the retired
+# shapes of the installed CLI (kaggle_api_extended._RETIRED_ACCELERATORS). Kaggle substitutes a
+# retired shape silently; the CLI only warns.
+ACCELERATORS = {
+    "NvidiaTeslaT4": "GPU T4 x2 (Kaggle's default GPU)",
+    "NvidiaTeslaP100": "GPU P100 (retired: sessions run on T4 x2)",
+    "NvidiaL4": "GPU L4 (some competitions only)",
+    "NvidiaL4X1": "GPU L4 x1 (some competitions only)",
+    "NvidiaTeslaA100": "GPU A100 (some competitions only)",
+    "NvidiaH100": "GPU H100 (some competitions only)",
+    "NvidiaRtxPro6000": "GPU RTX PRO 6000 (some competitions only)",
+    "TpuV5E8": "TPU v5e-8",
+    "TpuV6E8": "TPU v6e-8",
+    "TpuV38": "TPU v3-8 (retired: sessions run on TPU v5e-8)",
+    "Tpu1VmV38": "TPU VM v3-8 (retired: sessions run on TPU v5e-8)",
+}
+DEFAULT_ACCELERATOR = "NvidiaTeslaT4"
+
 __all__ = [
+    "ACCELERATORS",
+    "DEFAULT_ACCELERATOR",
     "BundleError",
+    "accelerator_problem",
+    "accelerator_warning",
     "KERNEL_METADATA_FILE",
     "DATASET_METADATA_FILE",
     "kernel_problems",
@@ -58,6 +82,37 @@ class BundleError(ValueError):
         self.fields = [f for f, _ in problems]
         lines = "\n  ".join(f"field '{f}': {m}" for f, m in problems)
         super().__init__(f"{where}: invalid bundle:\n  {lines}")
+
+
+def accelerator_problem(value: Any) -> str | None:
+    """Why `value` is no accelerator id Kaggle takes (with the list and a did-you-mean), or None."""
+    import difflib
+
+    if isinstance(value, str) and value in ACCELERATORS:
+        return None
+    ids = ", ".join(f"{k} ({v})" for k, v in ACCELERATORS.items())
+    close = difflib.get_close_matches(str(value), ACCELERATORS, n=1, cutoff=0.5)
+    if not close and isinstance(value, str):  # case or spacing slips: "nvidia tesla t4", "t4"
+        folded = value.replace(" ", "").replace("_", "").casefold()
+        close = [k for k in ACCELERATORS if folded and folded in k.casefold()][:1]
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{value!r} is not a Kaggle accelerator id: {hint}use one of {ids}"
+
+
+def accelerator_warning(value: str | None) -> str | None:
+    """What goes wrong on Kaggle with an id it takes (retired GPUs and TPUs), or None."""
+    if value == "NvidiaTeslaP100":
+        return (
+            "NvidiaTeslaP100: Kaggle's current torch (cu128) has no sm_60 kernels, so a P100 "
+            "fails at the first CUDA call (and Kaggle retired it: sessions land on T4 x2); "
+            "use NvidiaTeslaT4"
+        )
+    if value is not None and value.startswith("Tpu"):
+        return (
+            f"{value}: a TPU has no CUDA; the training engine and 06 run on its host's CPU "
+            "instead: use a GPU id such as NvidiaTeslaT4"
+        )
+    return None
 
 
 def slugify_title(title: str) -> str:
@@ -236,6 +291,14 @@ def kernel_problems(folder: str | os.PathLike) -> list[tuple[str, str]]:
         problems.append(
             ("docker_image_pinning_type", f"{pinning!r} is not one of {list(VALID_PINNING_TYPES)}")
         )
+
+    shape = meta.get("machine_shape")
+    if shape not in (None, ""):
+        problem = accelerator_problem(shape)
+        if problem:
+            problems.append(("machine_shape", problem))
+        elif not shape.startswith("Tpu") and str(meta.get("enable_gpu")).lower() != "true":
+            problems.append(("enable_gpu", f"must be true with machine_shape {shape!r}"))
 
     for field in BOOLEAN_FIELDS:
         if field in meta:

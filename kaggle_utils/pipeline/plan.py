@@ -16,6 +16,7 @@ class Step:
     key: str
     notebook: str
     per_member: bool = False
+    part: str = ""  # "shards": 06's shard runs, a batch of their own before 06's merge
 
 
 STEPS: tuple[Step, ...] = (
@@ -81,6 +82,27 @@ def gpu_count() -> int:
         return 0
 
 
+def _shard_jobs(
+    step: Step, executed: Path, params: dict[str, Any], n_shards: int, n_gpus: int
+) -> list[Job]:
+    """06 once per shard (``n_shards`` in the ensemble file): a step of their own, so they run
+    ``--jobs`` at a time and 06's merge (shard=None) runs after them all."""
+    from dataclasses import replace
+
+    shard_step = replace(step, part="shards")
+    stem = Path(step.notebook).stem
+    return [
+        Job(
+            shard_step,
+            executed / f"{stem}__shard{i}of{n_shards}.ipynb",
+            {**params, "shard": i, "n_shards": n_shards},
+            f"{stem}:shard{i}of{n_shards}",
+            str(i % n_gpus) if n_gpus > 1 else None,
+        )
+        for i in range(n_shards)
+    ]
+
+
 def build_plan(
     ensemble_file: str | os.PathLike,
     *,
@@ -127,5 +149,9 @@ def build_plan(
             params = {**common, "ensemble_file": str(ensemble_path)}
             if device and step.key == "06":
                 params["device"] = device
+            if step.key == "06" and ens.n_shards:
+                plan.jobs += _shard_jobs(step, executed, params, ens.n_shards, n_gpus)
+                params = {**params, "shard": None, "n_shards": ens.n_shards}  # the merge
+                stem = f"{stem}:merge"
             plan.jobs.append(Job(step, executed / nb.name, params, stem))
     return plan
