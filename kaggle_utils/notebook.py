@@ -22,6 +22,8 @@ __all__ = [
 ]
 
 REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+# in the wheel the Kaggle kernels install (kernels.build copies them in): 04 runs 03 from here
+PACKAGED_NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 
 
 class NotebookExecutionError(RuntimeError):
@@ -55,10 +57,12 @@ def notebook_path(name: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    for base in (REPO_NOTEBOOKS, Path.cwd() / "notebooks", Path.cwd()):
+    bases = (REPO_NOTEBOOKS, PACKAGED_NOTEBOOKS, Path.cwd() / "notebooks", Path.cwd())
+    for base in bases:
         if (base / path.name).is_file():
             return base / path.name
-    raise FileNotFoundError(f"notebook {name} not found (looked in {REPO_NOTEBOOKS} and the cwd)")
+    tried = ", ".join(str(b.resolve()) for b in bases)
+    raise FileNotFoundError(f"notebook {name} not found (looked in {tried})")
 
 
 # a Unix socket path holds at most 104 bytes on macOS (108 on Linux), with "-<n>" appended per channel

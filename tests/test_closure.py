@@ -289,3 +289,23 @@ def _imports(stem: str) -> set[str]:
                     ).with_suffix(".py").is_file():
                         out.add(candidate)
     return out
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_notebooks_a_04_kernel_runs(package, tmp_path):
+    """A 04 kernel runs 03 through papermill: with only the installed wheel (no checkout), the
+    notebook is found inside the package."""
+    wheel = next(package.glob("kaggle_utils-*.whl"))
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
+    subprocess.run([*pip, "--target", str(site), str(wheel)], check=True)
+    probe = "from kaggle_utils.notebook import notebook_path; print(notebook_path('03_train_member.ipynb'))"
+    env = {**os.environ, "PYTHONPATH": str(site), "PIP_CONFIG_FILE": os.devnull}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    found = Path(done.stdout.strip())
+    assert found == site / "kaggle_utils" / "notebooks" / "03_train_member.ipynb"
+    nb = nbformat.read(found, as_version=4)
+    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)

@@ -572,6 +572,8 @@ def build_package(
             src / "kaggle_utils",
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         )
+        # the notebooks travel inside the wheel: a 04 kernel runs 03 from there (notebook_path)
+        shutil.copytree(project_dir / "notebooks", src / "kaggle_utils" / "notebooks")
         cmd = wheel_command(pkg)
         print(f"# in {src} (a clean copy of {project_dir})", flush=True)
         print(f"$ {shlex.join(cmd)}", flush=True)
