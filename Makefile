@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@echo ">> creating/refreshing $(VENV) (first run installs torch & co: a few minutes)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[lab,test]"
+	$(PY) -m pip install -q -e ".[lab,test,ray]"
 	@touch $(STAMP)
 
 demo: venv

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kaggle_utils.pipeline.plan import STEPS, Plan, build_plan, gpu_count
+from kaggle_utils.pipeline.plan import NOTEBOOK_DIR, STEPS, Plan, build_plan, gpu_count
 from kaggle_utils.pipeline.report import stage_report, summarize
-from kaggle_utils.pipeline.run import run_plan
+from kaggle_utils.pipeline.run import Executor, run_plan
 
 
 def ensure_synthetic(data_dir: str | os.PathLike, **options: Any) -> Path:
@@ -44,6 +44,9 @@ examples:
   kaggle-utils-pipeline params/demo/ensemble.yaml --only 04
   # two members at a time (one GPU each when several are visible)
   kaggle-utils-pipeline params/carvana/ensemble.yaml --data-dir data/carvana --jobs 2
+  # on a Ray cluster (pip install "kaggle-utils[ray]"; the run folder on a shared filesystem)
+  kaggle-utils-pipeline params/carvana/ensemble.yaml --data-dir /shared/carvana \\
+      --run-dir /shared/runs/carvana --executor ray --address 10.0.0.1:6379
 """
 
 
@@ -86,6 +89,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--from", dest="start", help="start at this step, e.g. 04")
     parser.add_argument(
         "--jobs", type=int, default=1, help="members trained in parallel in step 04 (default 1)"
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where jobs run: local processes (default), or a Ray cluster, one task per job "
+        "(members, shards; a GPU each for 04, 05 and 06 when the cluster has GPUs). The run folder, "
+        "data and notebooks must be on a filesystem every Ray node shares (or one machine)",
+    )
+    parser.add_argument(
+        "--address",
+        help="the Ray cluster's head, e.g. 10.0.0.1:6379 (default: RAY_ADDRESS, else a running "
+        "local cluster, else a new one on this machine)",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=2,
+        help="with --executor ray: reruns of a job whose worker or node died (default 2)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the notebooks' own)")
     parser.add_argument(
@@ -145,7 +167,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         only=only,
         start=args.start,
         device=args.device,
-        n_gpus=n_gpus if args.jobs > 1 else 0,
+        n_gpus=n_gpus if args.jobs > 1 and args.executor == "local" else 0,  # Ray assigns GPUs
     )
     data_line = _check_data_dir(plan, args.ensemble, args.data_dir, args.make_synthetic)
     if args.dry_run:
@@ -154,6 +176,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if any(job.step.per_member for job in plan.jobs):
             print(stage_report(args.ensemble, plan.run_dir))
         return 0
+    executor = _executor(args, plan)  # Ray: connected and checked before anything is written
     if args.make_synthetic:
         from kaggle_utils.config import load_ensemble
 
@@ -162,7 +185,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("--make-synthetic needs --data-dir (or data_dir in the ensemble file)")
         ensure_synthetic(plan.data_dir, **(ens.synthetic or {}))
     started, since = time.perf_counter(), time.time()
-    results = run_plan(plan, jobs=max(1, args.jobs))
+    try:
+        results = run_plan(plan, executor=executor)
+    finally:
+        executor.close()
     failed = [r for r in results if not r.ok]
     print(
         f">> {len(results) - len(failed)}/{len(results)} notebook runs succeeded "
@@ -178,3 +204,28 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(summary, flush=True)
         atomic_write_text(plan.run_dir / "summary.txt", summary + "\n")
     return 1 if failed else 0
+
+
+def _executor(args: argparse.Namespace, plan: Plan) -> Executor:
+    """The executor, started and checked (Ray: reachable, the run folder shared) before any work."""
+    from kaggle_utils.pipeline.executors import ExecutorError, RayExecutor, make_executor
+
+    if args.executor != "ray" and (args.address or args.max_retries != 2):
+        raise UsageError("--address and --max-retries go with --executor ray")
+    try:
+        executor = make_executor(
+            args.executor,
+            jobs=max(1, args.jobs),
+            address=args.address,
+            max_retries=args.max_retries,
+        )
+        if isinstance(executor, RayExecutor):
+            data = plan.data_dir if plan.data_dir and Path(plan.data_dir).exists() else None
+            try:
+                executor.check_shared(plan.run_dir, NOTEBOOK_DIR, data)
+            except BaseException:
+                executor.close()
+                raise
+    except ExecutorError as exc:
+        raise UsageError(str(exc)) from exc
+    return executor

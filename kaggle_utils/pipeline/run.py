@@ -1,12 +1,15 @@
-"""Running a plan: each notebook through papermill, a step's member jobs in parallel processes."""
+"""Running a plan: each notebook through papermill, a step's member jobs on an executor (the local
+process pool here; a Ray cluster in `executors`)."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Protocol
 
 from kaggle_utils.pipeline.plan import NOTEBOOK_DIR, Job, JobResult, Plan
 
@@ -48,8 +51,54 @@ def _report(result: JobResult) -> None:
         print(f"         {result.error}", flush=True)
 
 
-def run_plan(plan: Plan, jobs: int = 1, notebook_dir: Path = NOTEBOOK_DIR) -> list[JobResult]:
-    """Run in order; member jobs of one step run `jobs` at a time in separate processes."""
+class Executor(Protocol):
+    """Where a step's jobs run: `run` yields each job's result as it finishes, a failure included
+    (a crashed job is a failed result, never an exception that stops the others)."""
+
+    def run(self, batch: list[Job], notebook_dir: Path) -> Iterator[JobResult]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """The default: this machine, `jobs` notebooks at a time in spawned processes."""
+
+    def __init__(self, jobs: int = 1) -> None:
+        self.jobs = max(1, jobs)
+
+    def run(self, batch: list[Job], notebook_dir: Path) -> Iterator[JobResult]:
+        if self.jobs == 1 or len(batch) == 1:
+            for job in batch:
+                yield run_job(job, notebook_dir)
+            return
+        with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, job, notebook_dir): job for job in batch}
+            for future in as_completed(futures):
+                try:
+                    yield future.result()
+                except Exception as exc:  # the worker process died (killed, out of memory)
+                    job = futures[future]
+                    yield JobResult(job.label, False, 0.0, _crash(exc), str(job.output))
+
+    def close(self) -> None:
+        """Nothing to release: each step's pool is closed when the step ends."""
+
+
+def _crash(exc: BaseException) -> str:
+    """A job that never returned a result: what happened, on one line."""
+    text = " ".join(str(exc).split()) or "no message"
+    return f"the process running it died: {type(exc).__name__}: {text}"
+
+
+def run_plan(
+    plan: Plan,
+    jobs: int = 1,
+    notebook_dir: Path = NOTEBOOK_DIR,
+    executor: Executor | None = None,
+) -> list[JobResult]:
+    """Run in order; a step's member jobs go to `executor` together (default: the local process
+    pool, `jobs` at a time), so a step starts only once the one before it has finished."""
+    executor = executor or LocalExecutor(jobs)
     results: list[JobResult] = []
     i = 0
     while i < len(plan.jobs):
@@ -61,16 +110,9 @@ def run_plan(plan: Plan, jobs: int = 1, notebook_dir: Path = NOTEBOOK_DIR) -> li
             results.append(JobResult(Path(step.notebook).stem, False, 0.0, "skipped"))
             continue
         print(f">> {step.notebook}: {len(batch)} run(s)", flush=True)
-        if jobs > 1 and len(batch) > 1:
-            with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(run_job, job, notebook_dir) for job in batch]
-                for future in as_completed(futures):
-                    results.append(future.result())
-                    _report(results[-1])
-        else:
-            for job in batch:
-                results.append(run_job(job, notebook_dir))
-                _report(results[-1])
+        for result in executor.run(batch, notebook_dir):
+            results.append(result)
+            _report(result)
         if step.key in ("01", "02") and not results[-1].ok:
             print(f"[stop  ] {step.notebook} failed: later steps need it", flush=True)
             break
