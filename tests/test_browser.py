@@ -202,7 +202,6 @@ def _readout(slider) -> str:
 
 def test_eda_notebook_widgets_in_jupyterlab(lab):
     sync_playwright = _requirements()
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in [*ARTIFACTS.glob("*.png"), *ARTIFACTS.glob("*.log")]:
@@ -213,19 +212,7 @@ def test_eda_notebook_widgets_in_jupyterlab(lab):
         console: list[str] = []
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         try:
-            page.goto(f"{lab}/lab/tree/notebooks/01_eda.ipynb", wait_until="domcontentloaded")
-            page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=60_000)
-            # a kernel chooser may still ask once: accept the notebook's own kernel (python3)
-            dialog = page.locator(".jp-Dialog")
-            try:
-                dialog.wait_for(timeout=3_000)
-                dialog.locator(".jp-mod-accept").click()
-            except PlaywrightTimeout:
-                pass
-            # wait for the kernel to be ready, then Run > Run All Cells
-            page.locator(".jp-StatusBar-TextItem", has_text="Idle").first.wait_for(timeout=60_000)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+            _open_and_run_all(page, lab, "01_eda.ipynb")
 
             browse, angle = _widget(page, "angle")
             weights, kernel = _widget(page, "kernel")
@@ -328,9 +315,9 @@ def demo_lab(tmp_path, repo_root):
         yield url, root
 
 
-def _run_all(page, url: str, notebook: str, timeout_s: float = 300) -> None:
-    """Open a notebook, Run All Cells, wait until every code cell has run (a number in each
-    prompt), and fail on an error output."""
+def _open_and_run_all(page, url: str, notebook: str) -> None:
+    """Open a notebook as shipped, accept its own kernel if a chooser asks, wait for the kernel
+    to be idle, then Run > Run All Cells (what a user clicks)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     page.goto(f"{url}/lab/tree/notebooks/{notebook}", wait_until="domcontentloaded")
@@ -345,6 +332,12 @@ def _run_all(page, url: str, notebook: str, timeout_s: float = 300) -> None:
     page.locator(".jp-StatusBar-TextItem", has_text="Idle").first.wait_for(timeout=60_000)
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+
+def _run_all(page, url: str, notebook: str, timeout_s: float = 300) -> None:
+    """Open a notebook, Run All Cells, wait until every code cell has run (a number in each
+    prompt), and fail on an error output."""
+    _open_and_run_all(page, url, notebook)
     prompts = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt")
     deadline = time.monotonic() + timeout_s
     while True:
