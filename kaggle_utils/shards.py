@@ -123,6 +123,25 @@ class MergeResult:
     shape: tuple[int, int]
 
 
+def _located(out_path: Path, shard: int, n_shards: int) -> Path:
+    """Where shard ``shard``'s rows are: this run's shard folder, else a copy in an upstream
+    kernel's output (on Kaggle each shard kernel's /kaggle/working is mounted read-only under
+    /kaggle/input for the merge kernel); a finished copy over a started one. The record and the
+    rows are always taken from one folder."""
+    from kaggle_utils.environment import upstream_copies
+
+    path = shard_path(out_path, shard, n_shards)
+    found = [path, *(folder / path.name for folder in upstream_copies(path.parent))]
+    started = [p for p in found if _record_path(p).is_file()]
+    return next((p for p in started if p.is_file()), started[0] if started else path)
+
+
+def _upstream_note() -> str:
+    from kaggle_utils.environment import KAGGLE_INPUT, on_kaggle
+
+    return f", nor in any kernel output under {KAGGLE_INPUT}" if on_kaggle() else ""
+
+
 def _rerun(i: int, n: int) -> str:
     return f"run 06 with shard={i}, n_shards={n}"
 
@@ -133,11 +152,12 @@ def _load_records(out_path: Path, n_shards: int) -> list[dict]:
         raise ValueError(f"n_shards={n_shards}: a merge needs at least one shard")
     records = []
     for i in range(n_shards):
-        path = shard_path(out_path, i, n_shards)
+        path = _located(out_path, i, n_shards)
         rec = _record_path(path)
         if not rec.is_file():
             raise SubmissionError(
-                f"shard {i} of {n_shards} is missing ({rec} not found): {_rerun(i, n_shards)}"
+                f"shard {i} of {n_shards} is missing ({rec} not found{_upstream_note()}): "
+                f"{_rerun(i, n_shards)}"
             )
         if not path.is_file():
             parts = path.with_name(path.name + ".parts")
@@ -204,7 +224,7 @@ def check_shards(
             )
     shape = tuple(records[0]["shape"])
     for r in records:
-        path = shard_path(out_path, r["shard"], n_shards)
+        path = _located(out_path, r["shard"], n_shards)
         ids = _read_shard_ids(path, r["shard"], n_shards)
         if ids_digest(ids) != r["shard_sha256"] or len(ids) != r["stop"] - r["start"]:
             raise SubmissionError(
@@ -234,7 +254,7 @@ def merge_shards(
     out_path = Path(out_path)
     records = check_shards(out_path, n_shards, expected_ids)
     shape = tuple(records[0]["shape"])
-    paths = [shard_path(out_path, r["shard"], n_shards) for r in records]
+    paths = [_located(out_path, r["shard"], n_shards) for r in records]
     staging = out_path.with_name(f".{out_path.name}.merging.gz")
 
     def write(f) -> None:
@@ -264,7 +284,7 @@ def shard_status(out_path: str | os.PathLike, n_shards: int) -> list[str]:
     """One line per shard: done, interrupted, not started (for the merge kernel's log)."""
     lines = []
     for i in range(n_shards):
-        path = shard_path(out_path, i, n_shards)
+        path = _located(out_path, i, n_shards)
         if path.is_file() and _record_path(path).is_file():
             state = "done"
         elif path.with_name(path.name + ".parts").is_dir():

@@ -259,3 +259,15 @@ def test_sync_batchnorm_only_where_it_runs():
     assert kinds(with_sync_batchnorm(net(), cuda, world=2, enabled=False)) == {"BatchNorm2d"}
     assert kinds(with_sync_batchnorm(net(), cuda, world=1)) == {"BatchNorm2d"}
     assert kinds(with_sync_batchnorm(net(), cpu, world=2)) == {"BatchNorm2d"}
+
+
+def test_a_member_with_unused_encoder_layers_trains_on_two_processes(small_synthetic, tmp_path):
+    """smp's mobilenet_v2 at encoder_depth 3 keeps layers that get no gradient: DDP must not stop
+    at the second step on them (Kaggle's T4 x2 trains every member on both GPUs)."""
+    from test_train import TINY
+
+    member, run_dir = tmp_path / "tiny.yaml", tmp_path / "runs"
+    member.write_text(TINY)
+    _finish(_train(member, small_synthetic, run_dir, "--devices", "2", env=_env(tmp_path, run_dir)))
+    metrics = json.loads((run_dir / "tiny" / "s1_64x96" / "metrics.json").read_text())
+    assert metrics["devices"] == 2 and 0 <= metrics["best_dice"] <= 1

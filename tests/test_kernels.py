@@ -3,6 +3,7 @@ with only the network replaced), push safety, and a built notebook run by paperm
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -728,3 +729,84 @@ def test_p100_warns_and_t4x2_trains_on_both_gpus(tmp_path, notebook_dir, capsys)
     )
     build_kernels(ensemble, "alice", tmp_path / "k", notebook_dir=notebook_dir, package=False)
     assert "sm_60" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ sharded test prediction
+
+
+def test_sharded_submit_builds_one_kernel_per_shard_and_a_merge(tmp_path, notebook_dir):
+    ensemble = _write_params(tmp_path, members=("m1",), folds=(0,))
+    ens = json.loads(ensemble.read_text())
+    ensemble.write_text(json.dumps({**ens, "n_shards": 3, "accelerator": "NvidiaTeslaP100"}))
+    out = tmp_path / "k"
+    build_kernels(ensemble, "alice", out, notebook_dir=notebook_dir, package=False)
+    assert validate_tree(out) == []
+    plan = plan_kernels(ensemble)
+    submit = [k for k in plan.kernels if k.step == "06"]
+    shards = [f"carvana-tiny-06-submit-shard-{i}-of-3" for i in range(3)]
+    assert [k.slug for k in submit] == [*shards, "carvana-tiny-06-submit"]
+    upstream = ["alice/carvana-tiny-04-m1-f0", "alice/carvana-tiny-05-ensemble"]
+    for i, slug in enumerate(shards):
+        assert _injected(out / slug)["shard"] == i and _injected(out / slug)["n_shards"] == 3
+        meta = json.loads((out / slug / "kernel-metadata.json").read_text())
+        assert meta["kernel_sources"] == upstream
+        assert meta["machine_shape"] == "NvidiaTeslaP100"  # the ensemble's, as 06's
+    merge = out / "carvana-tiny-06-submit"
+    injected = _injected(merge)
+    assert injected["shard"] is None and injected["n_shards"] == 3
+    meta = json.loads((merge / "kernel-metadata.json").read_text())
+    # the merge loads the ensemble (members, 05) and reads every shard kernel's output
+    assert meta["kernel_sources"] == upstream + [f"alice/{s}" for s in shards]
+    # the shard kernels run before the merge kernel that reads them (push order)
+    order = json.loads((out / "carvana-tiny.manifest.json").read_text())["kernels"]
+    assert order.index("carvana-tiny-06-submit") > max(order.index(s) for s in shards)
+    # without n_shards: one 06 kernel, as before; the shard bundles are removed as stale
+    ensemble.write_text(json.dumps(ens))
+    build_kernels(ensemble, "alice", out, notebook_dir=notebook_dir, package=False)
+    assert not any((out / s).exists() for s in shards)
+    assert "shard" not in _injected(merge)
+
+
+def test_merge_finds_shards_in_upstream_kernel_outputs(tmp_path, small_synthetic):
+    """Each shard kernel's /kaggle/working is mounted under the merge kernel's /kaggle/input; the
+    merge (the shards CLI, with a fake /kaggle/input and /kaggle/working) finds all of them."""
+    from _tiny_run import tiny_checkpoint
+
+    from kaggle_utils import inference as I
+    from kaggle_utils import predict as P
+    from kaggle_utils.layout import find_data
+
+    members = I.load_members([tiny_checkpoint(tmp_path / "ckpt" / "best.pt", size=(64, 96))])
+    data = find_data(small_synthetic)
+    kw = {"batch_size": 1, "num_workers": 0, "chunk_size": 4, "progress": False}
+    whole = P.predict_submission(members, data, tmp_path / "whole" / "submission.csv.gz", **kw)
+    inp, work = tmp_path / "input", tmp_path / "working"
+    for i in range(3):  # shard i as kernel <prefix>-06-submit-shard-i-of-3 left it
+        run = inp / f"carvana-tiny-06-submit-shard-{i}-of-3" / "runs" / "tiny"
+        P.predict_submission(members, data, run / "submission.csv.gz", shard=i, n_shards=3, **kw)
+    run = work / "runs" / "tiny"
+    run.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "KAGGLE_UTILS_KAGGLE_INPUT": str(inp),
+        "KAGGLE_UTILS_KAGGLE_WORKING": str(work),
+    }
+    cmd = [sys.executable, "-m", "kaggle_utils.shards"]
+    status = subprocess.run(
+        [*cmd, "status", str(run), "--shards", "3"], capture_output=True, text=True, env=env
+    )
+    assert status.stdout.count(": done") == 3 and str(inp) in status.stdout
+    args = ["merge", str(run), "--shards", "3", "--data-dir", str(small_synthetic)]
+    merged = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env)
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    assert gzip.decompress((run / "submission.csv.gz").read_bytes()) == gzip.decompress(
+        whole.path.read_bytes()
+    )
+    assert not (run / "submission_shards").exists()  # read in place, nothing copied
+    # a shard kernel whose output is missing is named
+    import shutil
+
+    shutil.rmtree(inp / "carvana-tiny-06-submit-shard-1-of-3")
+    merged = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env)
+    assert merged.returncode == 1 and "shard 1 of 3 is missing" in merged.stdout
+    assert f"nor in any kernel output under {inp}" in merged.stdout

@@ -265,7 +265,7 @@ class _StageSetup:
             accelerator="cuda" if cuda else "cpu",
             devices=devices,
             num_nodes=run.num_nodes,
-            strategy="ddp" if run.world_size > 1 else "auto",
+            strategy=_strategy(run.world_size),
             precision=self.precision,
             callbacks=callback_list,
             loggers=callbacks.make_loggers(run.stage_dir) if self.rank == 0 else [],
@@ -318,6 +318,17 @@ class _StageSetup:
         return Engine(
             fabric, state, module, fabric_optimizer, train_loader, validator, loss_fn, plan, run
         )
+
+
+def _strategy(world: int) -> Any:
+    """DDP for several processes. find_unused_parameters: smp encoders built with a smaller
+    encoder_depth keep their deeper layers, which then get no gradient, and plain DDP stops at the
+    second step ("Expected to have finished reduction in the prior iteration")."""
+    if world == 1:
+        return "auto"
+    from lightning_fabric.strategies import DDPStrategy
+
+    return DDPStrategy(find_unused_parameters=True)
 
 
 def with_sync_batchnorm(

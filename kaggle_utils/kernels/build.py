@@ -9,7 +9,8 @@ For an ensemble file the build writes, under `out` (default build/kernels):
     <prefix>-02-split/
     <prefix>-04-<member>-f<fold>/   (or, with per_stage, <prefix>-03-<member>-f<fold>-s<k>/ chained)
     <prefix>-05-ensemble/
-    <prefix>-06-submit/
+    <prefix>-06-submit/             (with the ensemble's n_shards: N, also
+    <prefix>-06-submit-shard-<i>-of-<N>/   one per shard, i = 0..N-1, read by 06, the merge)
 
 Notebooks are parameterised with papermill's own prepare-only path (`execute_notebook(...,
 prepare_only=True)`), so a kernel runs exactly what `papermill` would run locally with the same
@@ -191,12 +192,32 @@ def _quiet_papermill() -> Iterator[None]:
 
 
 def _declared_parameters(notebook: Path) -> dict[str, Any]:
+    """papermill's view of the `parameters` cell, plus every name the cell assigns: papermill's
+    line parser skips a line whose comment holds `=` (e.g. 06's `n_shards = None  # ...
+    shard=None ...`), yet papermill injects and the notebook reads that parameter all the same."""
+    import ast
+
+    import nbformat
     import papermill as pm
 
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook not found: {notebook}")
     with _quiet_papermill():
-        return pm.inspect_notebook(str(notebook))
+        declared = dict(pm.inspect_notebook(str(notebook)))
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            with contextlib.suppress(SyntaxError):
+                for node in ast.parse(cell.source).body:
+                    if isinstance(node, ast.Assign):
+                        targets = node.targets
+                    elif isinstance(node, ast.AnnAssign):
+                        targets = [node.target]
+                    else:
+                        continue
+                    names = [t.id for t in targets if isinstance(t, ast.Name)]
+                    declared.update({n: declared.get(n) for n in names})
+    return declared
 
 
 def plan_kernels(
@@ -316,9 +337,7 @@ def plan_kernels(
         f"{prefix}-05-ensemble", "05", dict(ens_params), [split.slug, *member_slugs]
     )
     kernels.append(ensemble)
-    kernels.append(
-        KernelSpec(f"{prefix}-06-submit", "06", dict(ens_params), [*member_slugs, ensemble.slug])
-    )
+    kernels += _submit_kernels(prefix, ens_params, [*member_slugs, ensemble.slug], ens.n_shards)
 
     where = (accelerator, "--accelerator")
     _assign_accelerators(kernels, ens, ensemble_path, members, member_paths, files, warnings, where)
@@ -334,6 +353,35 @@ def plan_kernels(
     if duplicates:
         raise ValueError(f"{ensemble_path}: member names give the same kernel slug: {duplicates}")
     return KernelPlan(ens.name, prefix, kernels, files, warnings)
+
+
+def _submit_kernels(
+    prefix: str, params: dict[str, Any], upstream: list[str], n_shards: int | None
+) -> list[KernelSpec]:
+    """06: one kernel, or with the ensemble's `n_shards: N` one kernel per shard (they run in
+    parallel, each within a session's time limit) and a merge kernel reading their outputs.
+
+    The merge kernel also reads 06's usual upstream (members and 05): 06 loads the ensemble before
+    it merges; kaggle_utils.shards finds the shards' files under /kaggle/input."""
+    slug = f"{prefix}-06-submit"
+    if not n_shards:
+        return [KernelSpec(slug, "06", dict(params), list(upstream))]
+    shards = [
+        KernelSpec(
+            f"{slug}-shard-{i}-of-{n_shards}",
+            "06",
+            {**params, "shard": i, "n_shards": n_shards},
+            list(upstream),
+        )
+        for i in range(n_shards)
+    ]
+    merge = KernelSpec(  # the submission kernel keeps its slug: its output is submission.csv.gz
+        slug,
+        "06",
+        {**params, "shard": None, "n_shards": n_shards},
+        [*upstream, *(s.slug for s in shards)],
+    )
+    return [*shards, merge]
 
 
 def _checked_accelerator(value: str | None, where: Path, warnings: list[str]) -> str | None:
