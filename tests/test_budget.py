@@ -148,3 +148,36 @@ def test_status_per_stage_kernels_and_unknown_states(tmp_path, monkeypatch):
     )
     states = {s.slug: s.state for s in kernel_status(out, outputs=outputs)}
     assert states["carvana-small-03-m1-f0-s2"] == "to continue"
+
+
+def test_status_of_shard_kernels_reads_their_shard_files(tmp_path):
+    """With n_shards, a 06 shard kernel is done when its shard's rows are in its output (not a
+    submission.csv.gz, which only the merge writes)."""
+    from kaggle_utils.kernels import build_kernels
+    from kaggle_utils.shards import shard_path
+
+    ensemble = _ensemble(tmp_path)
+    ensemble.write_text(json.dumps({**json.loads(ensemble.read_text()), "n_shards": 2}))
+    out = tmp_path / "kernels"
+    build_kernels(ensemble, "alice", out, package=False)
+    (out / "_package").mkdir()  # the package is skipped: ship the member file where bundles say
+    (out / "_package" / "small__m1.yaml").write_text((ensemble.parent / "m1.yaml").read_text())
+    outputs = tmp_path / "outputs"
+    run = outputs / "carvana-small-06-submit-shard-0-of-2" / "runs" / "small"
+    done = shard_path(run / "submission.csv.gz", 0, 2)
+    done.parent.mkdir(parents=True)
+    done.write_bytes(b"")
+    states = {s.slug: s.state for s in kernel_status(out, outputs=outputs)}
+    assert states["carvana-small-06-submit-shard-0-of-2"] == "done"
+    assert states["carvana-small-06-submit-shard-1-of-2"] != "done"
+    assert states["carvana-small-06-submit"] != "done"  # the merge has not run
+
+
+def test_the_planner_splits_the_test_pass_over_shard_kernels(tmp_path):
+    ensemble = _ensemble(tmp_path)
+    whole = {e.slug: e.hours for e in plan_budget(ensemble, "NvidiaTeslaT4").kernels}
+    ensemble.write_text(json.dumps({**json.loads(ensemble.read_text()), "n_shards": 2}))
+    sharded = {e.slug: e.hours for e in plan_budget(ensemble, "NvidiaTeslaT4").kernels}
+    shards = [sharded[f"carvana-small-06-submit-shard-{i}-of-2"] for i in (0, 1)]
+    assert sum(shards) == pytest.approx(whole["carvana-small-06-submit"])
+    assert shards[0] == pytest.approx(shards[1]) and sharded["carvana-small-06-submit"] == 0

@@ -315,9 +315,10 @@ def plan_budget(
             )
             hours = _predict_hours(models, n_val, len(ens.tta), rates)
             details = [f"{n_val:,} validation images x {len(models)} models, TTA {ens.tta}"]
-        else:  # 06 and any later predicting kernel: the test set
-            hours = _predict_hours(models, TEST_IMAGES, len(ens.tta), rates)
-            details = [f"{TEST_IMAGES:,} test images x {len(models)} models, TTA {ens.tta}"]
+        else:  # 06: the test set, or its shard; the merge of shards only joins files
+            n_test = _test_images_of(spec)
+            hours = _predict_hours(models, n_test, len(ens.tta), rates)
+            details = [f"{n_test:,} test images x {len(models)} models, TTA {ens.tta}"]
         estimates.append(KernelEstimate(spec.slug, spec.machine_shape, hours, rates.basis, details))
     return Budget(ens.name, estimates, rules)
 
@@ -331,6 +332,19 @@ def plan_budget(
 
 # what a finished non-training kernel leaves in its run folder
 DONE_FILES = {"02": "folds.csv", "05": "ensemble.yaml", "06": "submission.csv.gz"}
+
+
+def _test_images_of(spec: Any) -> int:
+    """Test images a 06 kernel predicts: all, its shard's share, or none for the merge."""
+    n_shards, shard = spec.parameters.get("n_shards"), spec.parameters.get("shard")
+    if not n_shards:
+        return TEST_IMAGES
+    if shard is None:
+        return 0
+    from kaggle_utils.testset import shard_range
+
+    start, stop = shard_range(TEST_IMAGES, int(shard), int(n_shards))
+    return stop - start
 
 
 @dataclass
@@ -378,6 +392,12 @@ def _own_state(kernel: _Kernel, run: Path | None, output: Path | None) -> tuple[
             return "not started", ""
         todo = [f"{n}: {s}" for n, s in states if s != "finished"]
         return "to continue", "; ".join(todo) + " (push the kernel again with its output attached)"
+    if kernel.step == "06" and kernel.parameters.get("shard") is not None and run is not None:
+        from kaggle_utils.shards import shard_path  # a shard kernel is done when its rows are
+
+        shard, n_shards = int(kernel.parameters["shard"]), int(kernel.parameters["n_shards"])
+        done = shard_path(run / DONE_FILES["06"], shard, n_shards)
+        return ("done", f"{done.name} written") if done.is_file() else ("not started", "")
     if kernel.step in DONE_FILES:
         name = DONE_FILES[kernel.step]
         if run is not None and (run / name).is_file():
