@@ -43,11 +43,10 @@ def _model_class(annotation: Any) -> type[BaseModel] | None:
 
 def _dispatch(owner: type[BaseModel], data: Any) -> type[BaseModel]:
     """The class that validated `data` where `owner` dispatches on it (a model's arch)."""
-    from kaggle_utils.config.specs import UserSpec  # specs reports through this module
-
-    if isinstance(data, Mapping) and issubclass(owner, UserSpec):
+    schema_for = getattr(owner, "schema_for", None)  # specs.UserSpec's hook (no import back)
+    if isinstance(data, Mapping) and callable(schema_for):
         try:
-            return owner.schema_for(data)
+            return schema_for(data)
         except ValidationError:  # e.g. an unknown arch: reported as its own error
             return owner
     return owner
