@@ -111,12 +111,14 @@ def build_augmentations(
     spec: Mapping[str, Any] | AugmentSpec | None = None,
     train: bool = True,
     soft_masks: bool = False,
+    crop: tuple[int, int] | None = None,
 ) -> A.Compose:
     """An ``A.Compose`` from ``spec`` (keys hflip, shift_scale, color; absent = default on).
 
     Call it as ``aug(image=rgb_uint8, mask=mask_uint8)``. With ``train=False`` the spec is still
     validated and the identity is returned. ``soft_masks``: masks hold coverage (0..255), so they
-    are warped with linear interpolation instead of nearest.
+    are warped with linear interpolation instead of nearest. ``crop``: a random (H, W) window of
+    the augmented frame, last, so shifts and zooms act on the whole frame as at low resolution.
     """
     resolved = AugmentConfig.from_spec(spec, "augment").resolved()
     import albumentations as A
@@ -151,4 +153,6 @@ def build_augmentations(
                 p=p["p"],
             )
         )
+    if crop is not None:
+        transforms.append(A.RandomCrop(height=int(crop[0]), width=int(crop[1]), p=1.0))
     return A.Compose(transforms)

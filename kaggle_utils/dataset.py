@@ -154,6 +154,7 @@ class CachedDataset(Dataset):
         size: tuple[int, int],
         transform=None,
         soft_masks: bool = False,
+        hq: bool = False,
     ):
         self.ids = [str(i) for i in index["id"]]
         self.transform = transform
@@ -162,7 +163,7 @@ class CachedDataset(Dataset):
 
         def load(image_id: str) -> tuple[np.ndarray, np.ndarray]:
             mask = resize_mask(data.load_mask(image_id), size, soft=soft_masks)
-            return data.load_image(image_id, size=size), mask
+            return data.load_image(image_id, size=size, hq=hq), mask
 
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
             pairs = list(pool.map(load, self.ids))
@@ -210,17 +211,21 @@ def build_datasets(
     train_index: pd.DataFrame,
     val_index: pd.DataFrame,
     size: tuple[int, int],
+    crop: tuple[int, int] | None = None,
 ) -> tuple[SeededDataset, Dataset]:
     """(train, val) datasets of one stage: in memory when the member says `cache`, else decoded per
-    item; only the training set is augmented, re-seeded per (seed, epoch, sample)."""
+    item; only the training set is augmented, re-seeded per (seed, epoch, sample). With `crop`
+    the training set yields random crops of the frame at `size`; validation keeps whole frames,
+    so the Dice is the one 06 gets predicting whole frames. `member.hq`: the train_hq photos."""
     from kaggle_utils.augment import build_augmentations
 
     soft = member.soft_masks
     augment = member.augment.spec() if member.augment is not None else None
-    train_tf = build_augmentations(augment, train=True, soft_masks=soft)
+    train_tf = build_augmentations(augment, train=True, soft_masks=soft, crop=crop)
     dataset_class: Any = CachedDataset if member.cache else CarvanaDataset
-    train_ds = dataset_class(data, train_index, size, transform=train_tf, soft_masks=soft)
-    val_ds = dataset_class(data, val_index, size, transform=None, soft_masks=soft)
+    common = {"soft_masks": soft, "hq": member.hq}
+    train_ds = dataset_class(data, train_index, size, transform=train_tf, **common)
+    val_ds = dataset_class(data, val_index, size, transform=None, **common)
     return SeededDataset(train_ds, train_tf, member.seed), val_ds
 
 
@@ -238,6 +243,7 @@ class ValidationMasks:
         val_full_res: bool | int,
         size: tuple[int, int],
         guide_scale: int | None = None,
+        hq: bool = False,
     ):
         from kaggle_utils.imageio import load_guide
 
@@ -257,7 +263,7 @@ class ValidationMasks:
             shape = target_shape(mask.shape[:2])
             guide = None
             if guide_scale:  # the photo at 1/scale of its own (= the mask's) size, gray
-                guide = load_guide(data, image_id, mask.shape[:2], guide_scale)
+                guide = load_guide(data, image_id, mask.shape[:2], guide_scale, hq=hq)
             return shape, np.packbits(resize_mask(mask, shape)), guide
 
         with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:

@@ -541,8 +541,12 @@ def generate(
     quality: int = 90,
     force: bool = False,
     verbose: bool = False,
+    hq: bool = False,
 ) -> Path:
     """Write a synthetic Carvana into ``out_dir`` (Kaggle layout) and return ``out_dir``.
+
+    hq: also train_hq/ and test_hq/, the same photos at JPEG quality 100 (Kaggle's *_hq sets are
+    the same frames, less compressed), to test members with ``hq: true``.
 
     Deterministic for (cars, size, seed, quality). A folder already holding the same complete set
     is left as it is; one holding another or an unfinished synthetic set is regenerated; a
@@ -562,6 +566,8 @@ def generate(
         "seed": int(seed),
         "quality": int(quality),
     }
+    if hq:  # absent when off: sets generated before the option keep their marker
+        params["hq"] = True
     say = print if verbose else (lambda *a, **k: None)
     marker = out / MARKER
     if marker.is_file():
@@ -577,9 +583,10 @@ def generate(
         )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(marker, {"params": params, "complete": False})  # first: claims the folder
-    for sub in ("train", "train_masks", "test"):
+    for sub in ("train", "train_masks", "test", "train_hq", "test_hq"):
         shutil.rmtree(out / sub, ignore_errors=True)
-        (out / sub).mkdir()
+        if hq or not sub.endswith("_hq"):
+            (out / sub).mkdir()
     for name in (*_CSV_FILES, *(p.name for p in out.glob(".*.tmp"))):
         (out / name).unlink(missing_ok=True)
 
@@ -596,6 +603,9 @@ def generate(
             name = f"{cid}_{angle:02d}"
             img, mask = render_view(car, angle, (h, w), bg)
             atomic_write_bytes(out / split / f"{name}.jpg", encode_jpeg(img, quality), fsync=False)
+            if hq:
+                jpg = encode_jpeg(img, 100)
+                atomic_write_bytes(out / f"{split}_hq" / f"{name}.jpg", jpg, fsync=False)
             if split == "train":
                 atomic_write_bytes(
                     out / "train_masks" / f"{name}_mask.gif", encode_mask_gif(mask), fsync=False
@@ -639,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quality", type=int, default=90, help="JPEG quality")
     ap.add_argument("--force", action="store_true", help="regenerate even if up to date")
+    ap.add_argument("--hq", action="store_true", help="also train_hq/ and test_hq/ (quality 100)")
     args = ap.parse_args(argv)
     generate(
         args.out,
@@ -649,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
         quality=args.quality,
         force=args.force,
         verbose=True,
+        hq=args.hq,
     )
     return 0
 

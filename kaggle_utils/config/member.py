@@ -20,7 +20,11 @@ class _Strict(BaseModel):
 
 
 def parse_size(value: Any) -> tuple[int, int]:
-    """(H, W) from "1024x1024", "1280x1792", 1024 (square) or [H, W]; sides multiples of 32."""
+    """(H, W) from "1024x1024", "1280x1918", 1024 (square) or [H, W].
+
+    Any side of 32 pixels or more: the model reflect-pads its input to a multiple of 32 and crops
+    the logits back (`models.wrapper`), so a stage at the frame's own 1280x1918 trains on the whole
+    photo as the 1st-place team did (1918 padded to 1920) and its Dice needs no resize at all."""
     if isinstance(value, bool):
         raise ValueError(f"size must be 'HxW', [H, W] or an int, got {value!r}")
     if isinstance(value, int):
@@ -39,9 +43,18 @@ def parse_size(value: Any) -> tuple[int, int]:
             raise ValueError(f"size must hold two integers [H, W], got {value!r}")
     else:
         raise ValueError(f"size must be 'HxW', [H, W] or an int, got {value!r}")
-    if h <= 0 or w <= 0 or h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+    if h < SIZE_MULTIPLE or w < SIZE_MULTIPLE:
+        raise ValueError(f"size {h}x{w}: both sides must be at least {SIZE_MULTIPLE} pixels")
+    return h, w
+
+
+def parse_crop(value: Any) -> tuple[int, int]:
+    """A training crop's (H, W): like `parse_size`, but sides must be multiples of 32 (a crop is
+    chosen freely, so none of the model's padding is wasted on it)."""
+    h, w = parse_size(value)
+    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
         raise ValueError(
-            f"size {h}x{w}: both sides must be positive multiples of {SIZE_MULTIPLE} "
+            f"crop {h}x{w}: both sides must be multiples of {SIZE_MULTIPLE} "
             f"(e.g. {max(SIZE_MULTIPLE, round(h / 32) * 32)}x{max(SIZE_MULTIPLE, round(w / 32) * 32)})"
         )
     return h, w
@@ -55,11 +68,30 @@ class StageConfig(_Strict):
     lr: float | None = Field(default=None, gt=0, description="peak LR; None -> optimizer.lr")
     batch_size: int | None = Field(default=None, ge=1, description="None -> member batch_size")
     warmup_epochs: float | None = Field(default=None, ge=0, description="None -> schedule's")
+    crop: tuple[int, int] | None = Field(
+        default=None,
+        description="train on random (H, W) crops of the frame at `size` (validation: whole "
+        "frames); full resolution in a T4's 16 GB, e.g. size 1280x1918, crop 1024x1024",
+    )
 
     @field_validator("size", mode="before")
     @classmethod
     def _size(cls, v: Any) -> tuple[int, int]:
         return parse_size(v)
+
+    @field_validator("crop", mode="before")
+    @classmethod
+    def _crop(cls, v: Any) -> tuple[int, int] | None:
+        return None if v is None else parse_crop(v)
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> StageConfig:
+        if self.crop is not None and (self.crop[0] > self.size[0] or self.crop[1] > self.size[1]):
+            raise ValueError(
+                f"crop {self.crop[0]}x{self.crop[1]} is larger than the stage's size "
+                f"{self.size[0]}x{self.size[1]}: choose a crop within the frame"
+            )
+        return self
 
 
 class OptimizerConfig(_Strict):
@@ -90,6 +122,19 @@ class GuidedFilterConfig(_Strict):
     scale: Literal[1, 2, 4, 8] = Field(default=4, description="guide = photo at 1/scale size")
     radius: int = Field(default=2, ge=1, le=32, description="window radius, in guide pixels")
     eps: float = Field(default=1e-4, gt=0, description="edge strength to follow (gray in 0..1)")
+
+
+# Keys added after members were trained: at their default they stay out of `params_hash`, so the
+# stages users finished before a key existed are not retrained (key -> its default).
+ADDED_MEMBER_KEYS: dict[str, Any] = {"guided_filter": None, "hq": False}
+ADDED_STAGE_KEYS: dict[str, Any] = {"crop": None}
+
+
+def _drop_defaults(spec: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
+    for key, default in added.items():
+        if key in spec and spec[key] == default:
+            del spec[key]
+    return spec
 
 
 class MemberConfig(_Strict):
@@ -136,6 +181,11 @@ class MemberConfig(_Strict):
         "the ensemble's (hardware: not in params_hash)",
     )
     cache: bool = Field(default=False, description="keep decoded resized images in memory")
+    hq: bool = Field(
+        default=False,
+        description="train, validate and predict from train_hq / test_hq (the high-quality "
+        "JPEGs the 1st- and 3rd-place teams used), decoded reduced where the size allows",
+    )
     soft_masks: bool = Field(
         default=True,
         description="train on each pixel's car coverage (0..1) instead of a thresholded mask",
@@ -198,8 +248,7 @@ class MemberConfig(_Strict):
         for key in ("model", "loss", "augment"):
             value = getattr(self, key)
             spec[key] = None if value is None else to_jsonable_python(value.spec())
-        if spec["guided_filter"] is None:  # added later: stages finished before stay valid
-            del spec["guided_filter"]
-        spec["stages"] = spec["stages"][: stage + 1]
+        _drop_defaults(spec, ADDED_MEMBER_KEYS)
+        spec["stages"] = [_drop_defaults(s, ADDED_STAGE_KEYS) for s in spec["stages"][: stage + 1]]
         blob = json.dumps({"member": spec, "stage": stage}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -159,12 +159,12 @@ class _StageSetup:
         self.val_ids = [str(i) for i in run.val_index["id"]]
         my_val = run.val_index.iloc[self.rank :: self.world]
         self.train_ds, self.val_ds = build_datasets(
-            run.data, member, run.train_index, my_val, run.size
+            run.data, member, run.train_index, my_val, run.size, member.stages[run.stage].crop
         )
         gf = member.guided_filter
         ids = self.val_ids if self.rank == 0 else [str(i) for i in my_val["id"]]
         self.masks = ValidationMasks(
-            run.data, ids, member.val_full_res, run.size, gf.scale if gf else None
+            run.data, ids, member.val_full_res, run.size, gf.scale if gf else None, member.hq
         )
         if self.rank == 0:
             print(
@@ -215,6 +215,8 @@ class _StageSetup:
         return {
             **self.meta(),
             "size": list(run.size),
+            "crop": list(crop) if (crop := member.stages[run.stage].crop) else None,
+            "hq": member.hq,
             "dice_resolution": self.masks.label,
             "epochs": member.stages[run.stage].epochs,
             "n_train": len(run.train_index),
