@@ -362,6 +362,8 @@ class CompetitionData:
     real sample); choose "gif" if you edited the GIFs.
     """
 
+    corrections = None  # corrections.Corrections (apply_corrections): replacement masks by id
+
     def __init__(self, root: str | os.PathLike, mask_source: str = "auto"):
         if mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
@@ -487,7 +489,10 @@ class CompetitionData:
         return out
 
     def load_mask(self, image_id: str) -> np.ndarray:
-        """uint8 {0, 1} mask at the image's full size, from ``mask_source`` (see the class)."""
+        """uint8 {0, 1} mask at the image's full size, from ``mask_source`` (see the class);
+        the corrected mask where ``corrections`` holds one (kaggle_utils.corrections)."""
+        if self.corrections is not None and image_id in self.corrections:
+            return self.corrections.mask(image_id)
         name = self.mask_name(image_id)
         rle = self._csv_rle(image_id)
         if rle is not None:

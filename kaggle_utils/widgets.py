@@ -403,3 +403,92 @@ def prediction_error_viewer(
         return _picture(composite, f"{ids[i]}  t={t:.2f}  Dice {dice:.5f}", width_px)
 
     return Viewer(controls, draw, width_px)
+
+
+# -------------------------------------------------------------------------- corrected mask viewer
+ADDED_COLOR = (0, 200, 0)
+REMOVED_COLOR = (255, 40, 40)
+
+
+def _zoom_box(changed: np.ndarray, pad: int = 48) -> tuple[slice, slice]:
+    """Rows and columns around the changed pixels (the whole frame when nothing changed)."""
+    rows, cols = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+    if rows.size == 0:
+        return slice(None), slice(None)
+    h, w = changed.shape
+    return (
+        slice(max(0, rows[0] - pad), min(h, rows[-1] + pad + 1)),
+        slice(max(0, cols[0] - pad), min(w, cols[-1] + pad + 1)),
+    )
+
+
+def _shrink(a: np.ndarray, size: tuple[int, int], any_pixel: bool) -> np.ndarray:
+    """Resize to ``size``: an RGB photo by area; a change map so that one changed pixel stays
+    visible (any change in the cell), a mask by its majority."""
+    if a.shape[:2] == tuple(size):
+        return a
+    if a.ndim == 3:
+        return cv2.resize(a, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    area = cv2.resize(a.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return area > 0 if any_pixel else area >= 0.5
+
+
+def corrected_mask_viewer(
+    data, corrections, size: tuple[int, int] = (320, 480), width_px: int = 640
+) -> Viewer:
+    """The competition's mask against its correction, per corrected id: the difference on the
+    photo (pixels added green, removed red, the kept car faint), or the old or the new mask;
+    ``zoom`` crops the full-resolution frame to the changed pixels (a fixed antenna is a few
+    pixels wide: invisible in the whole frame at 320x480)."""
+    from kaggle_utils.corrections import apply_corrections
+
+    if len(corrections) == 0:
+        raise ValueError("corrected_mask_viewer: the corrections hold no masks")
+    original = apply_corrections(data, None)
+
+    def load_full(image_id: str):
+        old = original.load_mask(image_id).astype(bool)
+        new = corrections.mask(image_id).astype(bool)
+        return data.load_image(image_id), old, new
+
+    load = _Cache(load_full, size=4)
+    controls = {
+        "id": widgets.Dropdown(options=corrections.ids, description="image"),
+        "show": widgets.ToggleButtons(options=["difference", "old", "new"], description="show"),
+        "frame": widgets.ToggleButtons(options=["whole", "zoom"], description="frame"),
+        "opacity": widgets.FloatSlider(
+            value=0.6, min=0.0, max=1.0, step=0.05, description="opacity"
+        ),
+    }
+
+    def draw(v: Viewer) -> bytes:
+        image_id = v.setting("id")
+        image, old, new = load(image_id)
+        added, removed = new & ~old, old & ~new
+        box = _zoom_box(added | removed) if v.setting("frame") == "zoom" else (slice(None),) * 2
+        image, old, new, added, removed = (a[box] for a in (image, old, new, added, removed))
+        out = (size[0], size[1]) if v.setting("frame") == "whole" else image.shape[:2]
+        image = _shrink(image, out, False)
+        a, show = float(v.setting("opacity")), v.setting("show")
+        if show == "difference":
+            composite = overlay_mask(image, _shrink(old & new, out, False), alpha=a * 0.3)
+            composite = overlay_mask(composite, _shrink(added, out, True), a, color=ADDED_COLOR)
+            composite = overlay_mask(composite, _shrink(removed, out, True), a, color=REMOVED_COLOR)
+        else:
+            composite = overlay_mask(image, _shrink(old if show == "old" else new, out, False), a)
+        n_add, n_rem = int(added.sum()), int(removed.sum())
+        v.arrays = {
+            "composite": composite,
+            "old": old,
+            "new": new,
+            "added": added,
+            "removed": removed,
+        }
+        v.info = {"id": image_id, "added": n_add, "removed": n_rem}
+        v.caption.value = (
+            f"<b>{image_id}</b> corrected: <span style='color:rgb{ADDED_COLOR}'>+{n_add:,} px"
+            f"</span> <span style='color:rgb{REMOVED_COLOR}'>-{n_rem:,} px</span>"
+        )
+        return _picture(composite, f"{image_id}  {show}", width_px)
+
+    return Viewer(controls, draw, width_px)

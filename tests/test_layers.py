@@ -146,11 +146,11 @@ def test_ensemble_and_predict_never_import_each_other(graph):
 
 
 LAYERS = {
-    "io": "constants atomic locks environment allocator config imageio rle rle_kernel layout index synthetic",
+    "io": "constants atomic locks environment allocator config imageio rle rle_kernel layout corrections index synthetic",
     "data": "dataset augment folds eda eda_plots",
     "models": "models losses metrics refine postprocess checkpoint optim precision runs",
     "inference": "inference",
-    "train / ensemble / predict": "engine train ensemble predict testset shards submit_resume submission plots widgets",
+    "train / ensemble / predict": "engine train ensemble predict testset shards submit_resume submission plots widgets pseudo",
     "pipeline / kernels": "pipeline kernels notebook",
 }
 # config validates member files against the registries of models, losses and augment, importing

@@ -11,7 +11,7 @@ from kaggle_utils.kernels.closure import INSTALL_CELL
 from kaggle_utils.notebook import execute_notebook
 
 PARAMETERS = {
-    "01_eda.ipynb": {"data_dir", "sample_size", "run_dir"},
+    "01_eda.ipynb": {"data_dir", "sample_size", "run_dir", "corrected_masks"},
     "02_split.ipynb": {"data_dir", "run_dir", "n_folds", "stratify", "seed"},
 }
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -55,12 +55,12 @@ def test_notebook_is_committed_clean(repo_root, name):
     assert all(not c.outputs and c.execution_count is None for c in code)
 
 
-def run_eda(repo_root, tmp_path, data_dir, sample_size):
+def run_eda(repo_root, tmp_path, data_dir, sample_size, **params):
     out = tmp_path / "01_eda.ipynb"
     execute_notebook(
         repo_root / "notebooks" / "01_eda.ipynb",
         out,
-        {"data_dir": str(data_dir), "sample_size": sample_size},
+        {"data_dir": str(data_dir), "sample_size": sample_size, **params},
         cwd=tmp_path,
     )
     nb = nbformat.read(out, as_version=4)
@@ -93,10 +93,25 @@ def assert_valid_split(path, data_dir, n_folds):
 
 @pytest.mark.slow
 def test_eda_notebook_on_synthetic(repo_root, tmp_path, small_synthetic):
-    nb = run_eda(repo_root, tmp_path, small_synthetic, sample_size=2)
+    from kaggle_utils.imageio import encode_mask_gif
+    from kaggle_utils.layout import find_data
+
+    data = find_data(small_synthetic)  # one corrected mask: the report and the old/new viewer
+    fixed_id = sorted(data.train.names())[0][: -len(".jpg")]
+    fixed = data.load_mask(fixed_id)
+    fixed[:8, :8] = 1
+    (tmp_path / "fixed").mkdir()
+    (tmp_path / "fixed" / f"{fixed_id}_mask.gif").write_bytes(encode_mask_gif(fixed))
+    nb = run_eda(
+        repo_root, tmp_path, small_synthetic, sample_size=2, corrected_masks=str(tmp_path / "fixed")
+    )
     # metadata, coverage, hardest angles, sample grid
     assert len(outputs_of(nb, "image/png")) >= 4
-    assert len(outputs_of(nb, WIDGET_MIME)) == 2  # mask overlay browser, boundary-weight viewer
+    # mask overlay browser, boundary-weight viewer, corrected masks' old/new viewer
+    assert len(outputs_of(nb, WIDGET_MIME)) == 3
+    report = next(c for c in nb.cells if "corrections_report" in c.source)
+    table = "".join(o.get("data", {}).get("text/html", "") for o in report.outputs)
+    assert fixed_id in table and "dice_old_new" in table
     html = "".join(
         out["data"].get("text/html", "")
         for c in nb.cells

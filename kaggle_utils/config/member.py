@@ -60,6 +60,27 @@ def parse_crop(value: Any) -> tuple[int, int]:
     return h, w
 
 
+class PseudoLabelsConfig(_Strict):
+    """Test images labelled by an ensemble's confident predictions, added to a stage's training
+    set (``kaggle_utils.pseudo``; written by ``python -m kaggle_utils.pseudo`` between stages).
+    The folder is checked when the stage starts, not here: it is written after the member file
+    is first validated (the pipeline plans every stage up front)."""
+
+    dir: str = Field(
+        min_length=1,
+        description="folder with pseudo_labels.csv and <id>.png maps; relative: under run_dir",
+    )
+    max_uncertain: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="keep rows whose uncertain fraction is below this; None -> the writer's rule",
+    )
+    max_images: int | None = Field(
+        default=None, ge=1, description="at most this many, most confident first; None -> all"
+    )
+
+
 class StageConfig(_Strict):
     """One resolution stage of a member's curriculum."""
 
@@ -72,6 +93,10 @@ class StageConfig(_Strict):
         default=None,
         description="train on random (H, W) crops of the frame at `size` (validation: whole "
         "frames); full resolution in a T4's 16 GB, e.g. size 1280x1918, crop 1024x1024",
+    )
+    pseudo_labels: PseudoLabelsConfig | None = Field(
+        default=None,
+        description="train also on confidently predicted test images (pseudo); never validated on",
     )
 
     @field_validator("size", mode="before")
@@ -126,8 +151,8 @@ class GuidedFilterConfig(_Strict):
 
 # Keys added after members were trained: at their default they stay out of `params_hash`, so the
 # stages users finished before a key existed are not retrained (key -> its default).
-ADDED_MEMBER_KEYS: dict[str, Any] = {"guided_filter": None, "hq": False}
-ADDED_STAGE_KEYS: dict[str, Any] = {"crop": None}
+ADDED_MEMBER_KEYS: dict[str, Any] = {"guided_filter": None, "hq": False, "corrected_masks": None}
+ADDED_STAGE_KEYS: dict[str, Any] = {"crop": None, "pseudo_labels": None}
 
 
 def _drop_defaults(spec: dict[str, Any], added: dict[str, Any]) -> dict[str, Any]:
@@ -207,6 +232,12 @@ class MemberConfig(_Strict):
     guided_filter: GuidedFilterConfig | None = Field(
         default=None, description="score validation after edge-aware upsampling (refine)"
     )
+    corrected_masks: str | None = Field(
+        default=None,
+        description="replacement train masks: a folder (or .zip) of <id>_mask.gif or a CSV of "
+        "img,rle_mask rows (kaggle_utils.corrections); relative to the project root like data_dir; "
+        "its content hash enters params_hash",
+    )
     stages: list[StageConfig] = Field(min_length=1)
 
     @field_validator("val_full_res")
@@ -249,6 +280,10 @@ class MemberConfig(_Strict):
             value = getattr(self, key)
             spec[key] = None if value is None else to_jsonable_python(value.spec())
         _drop_defaults(spec, ADDED_MEMBER_KEYS)
+        if self.corrected_masks is not None:  # what the masks are, not where they lie: an
+            from kaggle_utils.corrections import corrections_digest  # edited file retrains
+
+            spec["corrected_masks"] = corrections_digest(self.corrected_masks)
         spec["stages"] = [_drop_defaults(s, ADDED_STAGE_KEYS) for s in spec["stages"][: stage + 1]]
         blob = json.dumps({"member": spec, "stage": stage}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -134,6 +134,10 @@ def prepare_stage(
     if init_checkpoint and not Path(init_checkpoint).is_file():
         raise FileNotFoundError(f"init_checkpoint not found: {Path(init_checkpoint).resolve()}")
     data = find_data(data_dir)
+    if member.corrected_masks is not None:  # checked against the data before anything is written
+        from kaggle_utils.corrections import apply_corrections, load_corrections
+
+        data = apply_corrections(data, load_corrections(member.corrected_masks, data))
     index = train_index(data)
     index = with_masks(index)  # drops (and counts) images with neither a GIF nor a CSV row
     run_path = resolve_run_dir(run_dir)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kaggle_utils.atomic import atomic_write_json
+from kaggle_utils.corrections import corrections_record
 from kaggle_utils.engine import artefacts, callbacks
 from kaggle_utils.engine.loop import Engine, FitPlan, seed_everything
 from kaggle_utils.engine.sampler import GlobalBatchSampler
@@ -161,6 +162,16 @@ class _StageSetup:
         self.train_ds, self.val_ds = build_datasets(
             run.data, member, run.train_index, my_val, run.size, member.stages[run.stage].crop
         )
+        self.pseudo = None  # test images labelled by an ensemble: training set only
+        pseudo_cfg = member.stages[run.stage].pseudo_labels
+        if pseudo_cfg is not None:
+            from kaggle_utils.pseudo import add_to_stage
+
+            where = f"{run.member_file} stages[{run.stage}].pseudo_labels"
+            self.pseudo = add_to_stage(
+                self.train_ds, pseudo_cfg, run.run_dir, run.data, run.val_index, run.size,
+                member.soft_masks, where,
+            )  # fmt: skip
         gf = member.guided_filter
         ids = self.val_ids if self.rank == 0 else [str(i) for i in my_val["id"]]
         self.masks = ValidationMasks(
@@ -169,7 +180,8 @@ class _StageSetup:
         if self.rank == 0:
             print(
                 f"data ready in {time.perf_counter() - started:.1f} s (cache={member.cache}, "
-                f"Dice at {self.masks.label})",
+                f"Dice at {self.masks.label})"
+                + (f"; {len(self.pseudo.ids)} pseudo-labelled test images" if self.pseudo else ""),
                 flush=True,
             )
 
@@ -231,6 +243,10 @@ class _StageSetup:
             "global_batch": member.stage_batch_size(run.stage) * member.accumulate,
             "best_checkpoint": str(run.stage_dir / "best.pt"),
             "split": run.split_source,
+            "pseudo_labels": self.pseudo.record() if self.pseudo is not None else None,
+            "corrected_masks": corrections_record(
+                getattr(run.data, "corrections", None), run.train_index["id"], run.val_index["id"]
+            ),
         }
 
     def callbacks(self, progress: bool, extra: Sequence[Any]) -> list[Any]:
