@@ -6,7 +6,8 @@ threshold or weight is tuned on something else. So the pieces live here once:
 - the device choice (`pick_device`) and the members (`load_members`, `members_from_ensemble`);
 - the uint8 -> ImageNet normalisation on the device (`normalise`);
 - the forward pass with optional hflip TTA under the precision policy of `precision.py`
-  (`forward_logits`, `probs_from_logits`, `forward_probs`);
+  (`forward_logits`, `probs_from_logits`, `forward_probs`), and with any TTA setting of
+  `kaggle_utils.tta` (`forward_tta_probs`: what 05 scores and 06 submits);
 - the weighted blend at full resolution (`blend_probs`, `ensemble_probs`), the masks
   (`binarize`) and their Dice (`dice_masks`).
 
@@ -28,6 +29,7 @@ from kaggle_utils.config import GuidedFilterConfig
 from kaggle_utils.constants import IMAGENET_MEAN, IMAGENET_STD
 from kaggle_utils.precision import autocast
 from kaggle_utils.refine import guided_upsample
+from kaggle_utils.tta import TTASetting, tta_probs
 
 __all__ = [
     "MODES",
@@ -38,6 +40,7 @@ __all__ = [
     "ensemble_probs",
     "forward_logits",
     "forward_probs",
+    "forward_tta_probs",
     "load_members",
     "members_from_ensemble",
     "normalise",
@@ -214,6 +217,25 @@ def forward_probs(
     return probs_from_logits(logits, x.shape[0], tta)
 
 
+def forward_tta_probs(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    tta: bool | str | Sequence[str] | TTASetting = True,
+    *,
+    precision: str = "32-true",
+    cache: dict | None = None,
+) -> torch.Tensor:
+    """Probabilities (N,1,h,w) of a TTA setting (`tta.parse_setting`'s forms: a bool, a preset,
+    transform names): the mean of its de-augmented passes, transforms of one size batched in
+    one forward. tta=True/False is exactly `forward_probs`' mirror average / plain pass.
+    cache: one dict per batch x, shared across settings (05 scores candidates from one pass)."""
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return forward_logits(model, batch, precision=precision)
+
+    return tta_probs(run, x, tta, cache)
+
+
 # --------------------------------------------------------------------------------------------------
 # blend, binarise, score
 
@@ -224,7 +246,7 @@ def ensemble_probs(
     images: Sequence[torch.Tensor],
     size_index: Sequence[int],
     out_shape: tuple[int, int],
-    tta: bool = True,
+    tta: bool | str | Sequence[str] | TTASetting = True,
     mode: str = "mean",
     threshold: float = 0.5,
     precision: str = "32-true",
@@ -232,9 +254,10 @@ def ensemble_probs(
     guided: GuidedFilterConfig | None = None,
 ) -> torch.Tensor:
     """Weighted ensemble at full resolution (N,1,H,W): mean of probabilities or a weighted vote
-    (`blend_probs` of each member's `forward_probs` on its own input size, images[size_index])."""
+    (`blend_probs` of each member's `forward_tta_probs` on its own input size, images[size_index];
+    tta: a bool or any `kaggle_utils.tta` setting)."""
     probs = [
-        forward_probs(m.model, images[k], tta=tta, precision=precision)
+        forward_tta_probs(m.model, images[k], tta, precision=precision)
         for m, k in zip(members, size_index, strict=True)
     ]
     weights = [m.weight for m in members]

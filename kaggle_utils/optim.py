@@ -2,19 +2,22 @@
 
 `build_optimizer` keeps norms and biases out of weight decay and uses torch's fused kernels where
 they apply; `build_scheduler` is a per-optimizer-step LambdaLR over `lr_factor` (linear warm-up,
-then cosine, step or constant); `ModelEMA` is the averaged copy evaluated instead of the raw model.
+then cosine, step, constant, cosine with warm restarts or triangular cycles, optionally cycles
+after a late epoch); `cycle_end_epochs` says after which epochs a cycle ends (where snapshots are
+taken); `ModelEMA` is the averaged copy evaluated instead of the raw model.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 
 from kaggle_utils.config import MemberConfig
 
-__all__ = ["ModelEMA", "build_optimizer", "build_scheduler", "lr_factor"]
+__all__ = ["ModelEMA", "build_optimizer", "build_scheduler", "cycle_end_epochs", "lr_factor"]
 
 
 class ModelEMA:
@@ -76,10 +79,19 @@ def _fused_optimizers_apply(params: list[torch.Tensor]) -> bool:
 def lr_factor(
     step: int, total: int, warmup: int, member: MemberConfig, steps_per_epoch: int
 ) -> float:
-    """Multiplier of the peak LR at optimizer step `step`: linear warm-up, then cosine/step/constant."""
+    """Multiplier of the peak LR at optimizer step `step`: linear warm-up, then cosine/step/
+    constant, warm restarts or triangular cycles; with `cyclic_from_epoch` N the schedule runs
+    over the first N epochs (ending at its floor) and triangular cycles follow."""
     if step < warmup:
         return (step + 1) / warmup
     sched = member.schedule
+    if sched.cyclic_from_epoch is not None:
+        start = sched.cyclic_from_epoch * steps_per_epoch
+        if step >= start:
+            return _cycle_factor(step - start, sched, steps_per_epoch, "cyclic")
+        total = min(total, start)
+    if sched.name in ("cosine_restarts", "cyclic"):
+        return _cycle_factor(step - warmup, sched, steps_per_epoch, sched.name)
     if sched.name == "constant":
         return 1.0
     if sched.name == "step":
@@ -88,17 +100,57 @@ def lr_factor(
     return sched.min_lr_ratio + (1 - sched.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def _cycle_factor(t: int, sched: Any, steps_per_epoch: int, kind: str) -> float:
+    """LR factor `t` steps after the cycles began. cosine_restarts: from the cycle's top down a
+    half cosine to min_lr_ratio, each cycle `cycle_mult` times the last; cyclic: triangular,
+    min_lr_ratio -> top at mid-cycle -> min_lr_ratio. Both end a cycle at the floor, where a
+    snapshot is taken."""
+    length = sched.cycle_epochs * steps_per_epoch
+    mult = sched.cycle_mult if kind == "cosine_restarts" else 1.0
+    if mult == 1.0:
+        pos = t % length
+    else:
+        pos = float(t)
+        while pos >= length:
+            pos, length = pos - length, length * mult
+    p = pos / length
+    lo, hi = sched.min_lr_ratio, sched.cycle_peak_ratio
+    if kind == "cosine_restarts":
+        return lo + (hi - lo) * 0.5 * (1 + math.cos(math.pi * p))
+    return lo + (hi - lo) * (1 - abs(1 - 2 * p))
+
+
+def _warmup_epochs(member: MemberConfig, stage: int) -> float:
+    cfg = member.stages[stage]
+    return cfg.warmup_epochs if cfg.warmup_epochs is not None else member.schedule.warmup_epochs
+
+
+def cycle_end_epochs(member: MemberConfig, stage: int) -> list[int]:
+    """The stage's epochs (from 1) after which an LR cycle ends, rounded to the nearest epoch end
+    when a fractional warm-up or cycle puts the end mid-epoch; [] without cycles."""
+    sched, epochs = member.schedule, member.stages[stage].epochs
+    if sched.cyclic_from_epoch is not None:
+        start, mult = float(sched.cyclic_from_epoch), 1.0
+    elif sched.name in ("cosine_restarts", "cyclic"):
+        start = _warmup_epochs(member, stage)
+        mult = sched.cycle_mult if sched.name == "cosine_restarts" else 1.0
+    else:
+        return []
+    ends, length, t = [], float(sched.cycle_epochs), start + sched.cycle_epochs
+    while t <= epochs + 1e-9:
+        ends.append(round(t))
+        length *= mult
+        t += length
+    return sorted({e for e in ends if 1 <= e <= epochs})
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, member: MemberConfig, stage: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR stepped once per optimizer step over the stage's epochs: the warm-up is the stage's
     own `warmup_epochs` when set (a later stage may need none), else the schedule's."""
-    cfg = member.stages[stage]
-    total = steps_per_epoch * cfg.epochs
-    warmup_epochs = (
-        cfg.warmup_epochs if cfg.warmup_epochs is not None else member.schedule.warmup_epochs
-    )
-    warmup = round(warmup_epochs * steps_per_epoch)
+    total = steps_per_epoch * member.stages[stage].epochs
+    warmup = round(_warmup_epochs(member, stage) * steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, member, steps_per_epoch)
     )

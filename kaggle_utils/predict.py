@@ -1,4 +1,4 @@
-"""Streamed test-set prediction: members at their own resolution, hflip TTA, a resumable submission.
+"""Streamed test-set prediction: members at their own resolution, 05's TTA, a resumable submission.
 
 The submit path never holds more than a few batches of masks: a DataLoader's workers read and decode
 the test JPEGs (folder or zip, in place), the model(s) run on the device through
@@ -40,6 +40,7 @@ from kaggle_utils.precision import precision_for
 from kaggle_utils.refine import to_guide
 from kaggle_utils.submit_resume import check_resume, resume_settings, save_fingerprint
 from kaggle_utils.testset import TestImages, ids_to_predict, image_shape, select_shard
+from kaggle_utils.tta import TTASetting, parse_setting
 
 # --------------------------------------------------------------------------------------------------
 # settings
@@ -48,7 +49,8 @@ from kaggle_utils.testset import TestImages, ids_to_predict, image_shape, select
 def submit_settings(spec: dict, cfg: Any = None) -> dict[str, Any]:
     """``predict_submission`` keyword arguments from 05's ensemble spec: tta, combine mode,
     threshold and the post-processing 05 recorded; where 05 predates a setting, the ensemble
-    file's (``cfg``, an ``EnsembleConfig``) is used."""
+    file's (``cfg``, an ``EnsembleConfig``) is used. tta is the `kaggle_utils.tta` setting 05
+    chose (a spec without one: hflip, as 06 always predicted before 05 recorded it)."""
 
     def pick(key: str, default: Any) -> Any:
         if key in spec:
@@ -56,7 +58,7 @@ def submit_settings(spec: dict, cfg: Any = None) -> dict[str, Any]:
         return getattr(cfg, key, default) if cfg is not None else default
 
     return {
-        "tta": bool(spec.get("tta", True)),
+        "tta": parse_setting(spec.get("tta", True)).record,  # validated; true/false/names
         "mode": spec.get("combine", "mean"),
         "threshold": float(spec["threshold"]),
         "largest_component": bool(pick("largest_component", False)),
@@ -129,7 +131,7 @@ def predict_submission(
     *,
     limit: Any = None,
     hq: bool = False,
-    tta: bool = True,
+    tta: bool | str | Sequence[str] | TTASetting = True,
     mode: str = "mean",
     threshold: float = 0.5,
     largest_component: bool = False,
@@ -159,6 +161,7 @@ def predict_submission(
     restart: drop the parts of an interrupted run instead of resuming it. Parts written by a
     different ensemble (checkpoints, weights, threshold, TTA, mode) are never resumed silently.
     largest_component: keep each mask's largest connected component (``postprocess``).
+    tta: a bool (hflip on/off) or any `kaggle_utils.tta` setting (05's `submit_settings`).
     guided: upsample with the photo as guide (``refine``; a ``GuidedFilterConfig`` or its dict).
     shard, n_shards: predict only shard ``shard`` of ``n_shards`` (contiguous, sample order) into
     ``shards.shard_path(out_path, ...)``; ``shards.merge_shards`` joins them into ``out_path``.
@@ -173,6 +176,7 @@ def predict_submission(
     out_shape = image_shape(store, ids[0])  # MASK_SHAPE on Kaggle; smaller synthetic sets differ
     guided = GuidedFilterConfig.model_validate(guided) if guided is not None else None
     precision = precision_for(dev, amp=amp is None or bool(amp))  # None: mixed on CUDA
+    tta = parse_setting(tta)
     plan = _Plan(members, dev, out_shape, tta, mode, threshold, guided, precision)
     out_path = Path(out_path)
     if n_shards is not None:
@@ -182,7 +186,7 @@ def predict_submission(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # one writer per submission: a second 06 on this file fails here, naming the first
     with submission_lock(out_path):
-        settings = resume_settings(tta, mode, threshold, largest_component, guided)
+        settings = resume_settings(tta.record, mode, threshold, largest_component, guided)
         check_resume(out_path, members, **settings, restart=restart)
         if n_shards is not None:
             from kaggle_utils.shards import begin_shard, ensemble_key
@@ -262,7 +266,7 @@ class _Plan:
     members: Sequence[Member]
     device: torch.device
     out_shape: tuple[int, int]
-    tta: bool
+    tta: TTASetting
     mode: str
     threshold: float
     guided: GuidedFilterConfig | None

@@ -9,6 +9,7 @@ import pytest
 from kaggle_utils.config import MemberConfig
 from kaggle_utils.folds import (
     _cap,
+    area_dealt,
     check_folds,
     fold_summary,
     folds_by_car,
@@ -40,7 +41,7 @@ def make_index(makes=MAKES, seed: int = 1) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "car", "angle", "make", "coverage"])
 
 
-@pytest.mark.parametrize("stratify", ["make", "coverage", None])
+@pytest.mark.parametrize("stratify", ["area", "make", "coverage", None])
 @pytest.mark.parametrize("n_folds", [2, 5])
 def test_every_car_in_one_fold_and_sizes_balanced(stratify, n_folds):
     index = make_index()
@@ -69,6 +70,56 @@ def test_coverage_strata_balance_mean_coverage():
     spread_cov = by_cov.groupby("fold")["coverage"].mean().agg(np.ptp)
     # a plain split of the same cars can put all small cars together; buckets prevent it
     assert spread_cov < 0.03
+
+
+def test_area_deals_cars_sorted_by_mean_area_in_snake_order():
+    """The 1st-place rule: cars by mean mask area, largest first, dealt 0..k-1, k-1..0, ..."""
+    area = pd.Series({"a": 0.9, "b": 0.1, "c": 0.5, "d": 0.7, "e": 0.3, "f": 0.2, "g": 0.8})
+    assert area_dealt(area, 3) == {"a": 0, "g": 1, "d": 2, "c": 2, "e": 1, "f": 0, "b": 0}
+    assert area_dealt(area, 3, start=1)["a"] == 1  # the seed only renumbers the folds
+    index = make_index()
+    by_area = folds_by_car(index, n_folds=5, stratify="area", seed=0)
+    assert by_area.attrs["stratified_by"] == "area"
+    again = folds_by_car(index, n_folds=5, stratify="area", seed=4)
+    groups = [set(f.groupby("fold")["car"].agg(frozenset)) for f in (by_area, again)]
+    assert groups[0] == groups[1]  # the same cars together whatever the seed
+    with pytest.raises(ValueError, match="stratify='area' needs a 'coverage' column"):
+        folds_by_car(index.drop(columns="coverage"), stratify="area")
+
+
+def _fold_area_spread(index: pd.DataFrame, stratify, n_folds: int, seed: int) -> float:
+    split = folds_by_car(index, n_folds=n_folds, stratify=stratify, seed=seed)
+    return float(
+        split.merge(index[["id", "coverage"]]).groupby("fold")["coverage"].mean().agg(np.ptp)
+    )
+
+
+def test_area_balances_fold_mean_areas_better_than_the_other_rules(real_sample):
+    """On the real sample's 48 cars (12 per fold of 4): the fold mean mask areas differ by less
+    with `area` than with any seed of `coverage` buckets, `make` or no stratification."""
+    from kaggle_utils.eda import with_coverage
+    from kaggle_utils.index import train_index
+    from kaggle_utils.layout import find_data
+
+    data = find_data(real_sample)
+    index = with_coverage(data, train_index(data))
+    area = _fold_area_spread(index, "area", 4, 0)
+    others = [
+        _fold_area_spread(index, s, 4, seed)
+        for s in ("coverage", "make", None)
+        for seed in range(3)
+    ]
+    assert area < 0.006 and area < min(others)
+
+
+def test_area_balances_fold_mean_areas_on_synthetic_cars():
+    """40 cars of uniform random area: `area` is deterministic and beats shuffled buckets on
+    average over seeds (a lucky seed of buckets can do better) and every unstratified seed."""
+    index = make_index(["X"] * 40, seed=5)
+    area = _fold_area_spread(index, "area", 4, 0)
+    buckets = [_fold_area_spread(index, "coverage", 4, s) for s in range(6)]
+    plain = [_fold_area_spread(index, None, 4, s) for s in range(6)]
+    assert area < 0.01 and area < np.mean(buckets) and area < min(plain)
 
 
 def test_seed_changes_assignment_and_is_deterministic():

@@ -146,7 +146,7 @@ def test_ensemble_and_predict_never_import_each_other(graph):
 
 
 LAYERS = {
-    "io": "constants atomic locks environment allocator config imageio rle rle_kernel layout corrections index synthetic",
+    "io": "constants atomic locks environment allocator config imageio rle rle_kernel layout corrections index synthetic tta",
     "data": "dataset augment folds eda eda_plots",
     "models": "models losses metrics refine postprocess checkpoint optim precision runs",
     "inference": "inference",

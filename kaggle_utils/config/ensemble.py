@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from kaggle_utils.config.member import GuidedFilterConfig, _Strict
 
@@ -19,14 +19,23 @@ class EnsembleConfig(_Strict):
     members: list[str] = Field(min_length=1, description="member YAMLs, relative to this file")
     folds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     n_folds: int = Field(default=5, ge=2, description="02_split: folds grouped by car")
-    stratify: Literal["make", "coverage", None] = "make"
+    stratify: Literal["area", "make", "coverage", None] = Field(
+        default="area",
+        description="02_split: 'area' deals cars sorted by mean mask area to folds in snake "
+        "order (the 1st-place rule); 'make'; 'coverage' (area buckets, shuffled); None",
+    )
     seed: int = 0
     data_dir: str | None = None
     run_dir: str | None = Field(default=None, description="None -> runs/<name>")
     synthetic: dict[str, Any] | None = Field(
         default=None, description="generate synthetic data into data_dir first (demo)"
     )
-    tta: list[Literal["none", "hflip"]] = Field(default_factory=lambda: ["none", "hflip"])
+    tta: list[str | list[str]] = Field(
+        default_factory=lambda: ["none", "hflip"],
+        description="05: candidate TTA settings, each scored on OOF, the best recorded for 06: "
+        "a preset (none, hflip, scales, hflip+scales), transform names joined by '+' "
+        "(identity+hflip+scale_1.125) or a list of them (kaggle_utils.tta)",
+    )
     combine: Literal["mean", "vote"] = "mean"
     threshold: float | None = Field(default=None, gt=0, lt=1, description="None -> tuned on OOF")
     largest_component: bool = Field(
@@ -46,6 +55,17 @@ class EnsembleConfig(_Strict):
         "kaggle_utils.kernels.validate.ACCELERATORS; None -> NvidiaTeslaT4 (GPU T4 x2)",
     )
     source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("tta")
+    @classmethod
+    def _tta_settings_known(cls, value: list) -> list:
+        from kaggle_utils.tta import parse_setting
+
+        labels = [parse_setting(v).label for v in value]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"TTA settings {dup} listed twice: list each candidate once")
+        return value
 
     @model_validator(mode="after")
     def _folds_in_range(self) -> EnsembleConfig:

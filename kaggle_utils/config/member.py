@@ -128,17 +128,72 @@ class OptimizerConfig(_Strict):
     grad_clip: float | None = Field(default=None, gt=0, description="max grad norm")
 
 
+CYCLIC_SCHEDULES = ("cosine_restarts", "cyclic")
+# schedule keys added after stages were trained: left out of params_hash at their defaults
+_SCHEDULE_DEFAULTS = {
+    "cycle_epochs": None,
+    "cycle_mult": 1.0,
+    "cycle_peak_ratio": 1.0,
+    "cyclic_from_epoch": None,
+}
+
+
 class ScheduleConfig(_Strict):
-    name: Literal["cosine", "step", "constant"] = "cosine"
+    """Per optimizer step (`optim.lr_factor`): linear warm-up, then cosine, step, constant,
+    cosine with warm restarts or triangular cycles, optionally cycles after a late epoch."""
+
+    name: Literal["cosine", "step", "constant", "cosine_restarts", "cyclic"] = "cosine"
     warmup_epochs: float = Field(default=0.0, ge=0)
     min_lr_ratio: float = Field(default=0.01, ge=0, le=1, description="cosine floor, x peak LR")
     step_epochs: int = Field(default=10, ge=1, description="step: decay every N epochs")
     gamma: float = Field(default=0.1, gt=0, le=1, description="step: decay factor")
+    # -- LR cycles (issue 17: schedules, snapshots, SWA) --
+    cycle_epochs: float | None = Field(
+        default=None,
+        gt=0,
+        description="cosine_restarts / cyclic / cyclic_from_epoch: epochs of one LR cycle",
+    )
+    cycle_mult: float = Field(
+        default=1.0, ge=1, description="cosine_restarts: each cycle this many times the last"
+    )
+    cycle_peak_ratio: float = Field(
+        default=1.0, gt=0, le=1, description="top LR of each cycle, x peak LR"
+    )
+    cyclic_from_epoch: int | None = Field(
+        default=None,
+        ge=1,
+        description="`name` over the stage's first N epochs, then triangular cycles (the "
+        "1st-place Carvana pattern: a cyclic LR from a late epoch)",
+    )
+
+    @model_validator(mode="after")
+    def _cycles_need_a_length(self) -> ScheduleConfig:
+        cycles = self.name in CYCLIC_SCHEDULES or self.cyclic_from_epoch is not None
+        if cycles and self.cycle_epochs is None:
+            what = "cyclic_from_epoch" if self.cyclic_from_epoch else f"schedule {self.name!r}"
+            raise ValueError(f"{what} needs schedule.cycle_epochs (epochs of one LR cycle, e.g. 4)")
+        if self.cyclic_from_epoch is not None and self.name in CYCLIC_SCHEDULES:
+            raise ValueError(
+                f"schedule.cyclic_from_epoch follows a cosine, step or constant schedule, not "
+                f"{self.name!r}: set schedule.name to one of those"
+            )
+        return self
 
 
 class EMAConfig(_Strict):
     decay: float = Field(default=0.999, gt=0, lt=1)
     warmup_steps: int = Field(default=0, ge=0, description="plain copy of weights before this step")
+
+
+class SWAConfig(_Strict):
+    """Stochastic weight averaging (`engine.swa.SWA`): the mean of the epoch-end weights."""
+
+    start_epoch: int = Field(ge=1, description="average the weights at the end of this epoch on")
+    bn_batches: int | None = Field(
+        default=None,
+        ge=1,
+        description="BatchNorm statistics recomputed over this many training batches; None: all",
+    )
 
 
 class GuidedFilterConfig(_Strict):
@@ -151,7 +206,10 @@ class GuidedFilterConfig(_Strict):
 
 # Keys added after members were trained: at their default they stay out of `params_hash`, so the
 # stages users finished before a key existed are not retrained (key -> its default).
-ADDED_MEMBER_KEYS: dict[str, Any] = {"guided_filter": None, "hq": False, "corrected_masks": None}
+ADDED_MEMBER_KEYS: dict[str, Any] = {"guided_filter": None, "hq": False, "corrected_masks": None,
+    "snapshots": False,
+    "swa": None,
+}
 ADDED_STAGE_KEYS: dict[str, Any] = {"crop": None, "pseudo_labels": None}
 
 
@@ -238,6 +296,17 @@ class MemberConfig(_Strict):
         "img,rle_mask rows (kaggle_utils.corrections); relative to the project root like data_dir; "
         "its content hash enters params_hash",
     )
+    # -- snapshots and SWA (issue 17: schedules, snapshots, SWA) --
+    snapshots: bool | list[int] = Field(
+        default=False,
+        description="write <stage>/snapshots/epoch_NN.pt (best.pt format, with its OOF) at the "
+        "end of each LR cycle (true) or after these epochs: extra candidates for 05",
+    )
+    swa: SWAConfig | None = Field(
+        default=None,
+        description="average the weights of every epoch from swa.start_epoch: swa.pt, and "
+        "best.pt when it validates better",
+    )
     stages: list[StageConfig] = Field(min_length=1)
 
     @field_validator("val_full_res")
@@ -246,6 +315,20 @@ class MemberConfig(_Strict):
         if not isinstance(v, bool) and v < 32:
             raise ValueError("val_full_res as an int is a mask height >= 32")
         return v
+
+    @model_validator(mode="after")
+    def _snapshots_have_epochs(self) -> MemberConfig:
+        sched = self.schedule
+        cycles = sched.name in CYCLIC_SCHEDULES or sched.cyclic_from_epoch is not None
+        if self.snapshots is True and not cycles:
+            raise ValueError(
+                f"snapshots: true writes one at each LR cycle's end, but schedule {sched.name!r} "
+                "has no cycles: use schedule.name cyclic/cosine_restarts or "
+                "schedule.cyclic_from_epoch, or list the epochs (snapshots: [10, 20])"
+            )
+        if isinstance(self.snapshots, list) and any(e < 1 for e in self.snapshots):
+            raise ValueError(f"snapshots: epochs count from 1, got {self.snapshots}")
+        return self
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> MemberConfig:
@@ -280,6 +363,7 @@ class MemberConfig(_Strict):
             value = getattr(self, key)
             spec[key] = None if value is None else to_jsonable_python(value.spec())
         _drop_defaults(spec, ADDED_MEMBER_KEYS)
+        _drop_defaults(spec["schedule"], _SCHEDULE_DEFAULTS)
         if self.corrected_masks is not None:  # what the masks are, not where they lie: an
             from kaggle_utils.corrections import corrections_digest  # edited file retrains
 

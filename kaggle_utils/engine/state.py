@@ -2,7 +2,7 @@
 
 `TrainState` is what `fabric.save` writes to `last.pt` and `fabric.load` restores in place: the
 weights, the optimizer and scheduler, the EMA weights, the loss scaler (fp16 on T4-class GPUs),
-and the loop's own counters and history. Adding a field here is the only change a resumable
+the SWA running mean, and the loop's own counters and history. Adding a field here is the only change a resumable
 behaviour needs; nothing unpacks checkpoint keys by hand.
 """
 
@@ -42,6 +42,9 @@ class TrainState:
     best_epoch: int = -1
     elapsed_s: float = 0.0
     resumed_from: int | None = None
+    # torch.optim.swa_utils.AveragedModel when the member asks for SWA (engine.swa.SWA):
+    # its mean weights and count travel in last.pt, so a resumed run averages the same epochs
+    swa: Any = None
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -62,6 +65,7 @@ class TrainState:
             "best_dice": self.best_dice,
             "best_epoch": self.best_epoch,
             "elapsed_s": self.elapsed_s,
+            "swa": _cpu_state(self.swa) if self.swa is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -79,6 +83,8 @@ class TrainState:
         self.history = list(state["history"])
         self.best_dice, self.best_epoch = float(state["best_dice"]), int(state["best_epoch"])
         self.elapsed_s = float(state["elapsed_s"])
+        if self.swa is not None and state.get("swa") is not None:
+            self.swa.load_state_dict(state["swa"])
 
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 What every stage leaves in `<run_dir>/<member>/<stage>/` (the run-folder contract 04, 05, 06 and
 the Kaggle kernels read): params.json, history.csv, last.pt, best.pt, oof/, oof.csv, curves.png,
-worst.png, metrics.json, logs/ (Fabric's CSV logger; TensorBoard when installed).
+worst.png, metrics.json, logs/ (Fabric's CSV logger; TensorBoard when installed); snapshots/ and
+swa.pt when the member asks for them (engine.snapshots, engine.swa).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from kaggle_utils.atomic import atomic_write_json
 from kaggle_utils.corrections import corrections_record
-from kaggle_utils.engine import artefacts, callbacks
+from kaggle_utils.engine import artefacts, callbacks, snapshots, swa
 from kaggle_utils.engine.loop import Engine, FitPlan, seed_everything
 from kaggle_utils.engine.sampler import GlobalBatchSampler
 from kaggle_utils.engine.stage import StageRun, build_stage_model
@@ -259,6 +260,7 @@ class _StageSetup:
             callbacks.EMAUpdate(),
             callbacks.ProgressBar(progress),
             artefacts.BestCheckpoint(best_pt, member.model.spec(), run.size, self.meta()),
+            *self.averaging_callbacks(),  # before last.pt: a kill there redoes their epoch
             artefacts.LastCheckpoint(stage_dir, self.meta()),
             TimeLimit(session_deadline(run.time_budget_s)),  # after last.pt: it may stop here
             artefacts.PausedMarker(stage_dir, self.meta()),
@@ -270,6 +272,30 @@ class _StageSetup:
             ),
             artefacts.MetricsJson(stage_dir, self.metrics_fields()),
         ]
+
+    def averaging_callbacks(self) -> list[Any]:
+        """Snapshot checkpoints and SWA, when the member asks for them (engine.snapshots, .swa)."""
+        from kaggle_utils.optim import cycle_end_epochs
+
+        run, member = self.run, self.run.member
+        spec, out = member.model.spec(), []
+        epochs = member.stages[run.stage].epochs
+        if member.snapshots is True:
+            snaps = cycle_end_epochs(member, run.stage)
+        else:
+            snaps = [e for e in member.snapshots or [] if e <= epochs]
+        if snaps:
+            out.append(
+                snapshots.SnapshotCheckpoints(
+                    run.stage_dir, snaps, spec, run.size, self.meta(), run.val_index
+                )
+            )
+        if member.swa is not None:
+            cfg = member.swa
+            out.append(
+                swa.SWA(run.stage_dir, cfg.start_epoch, cfg.bn_batches, spec, run.size, self.meta())
+            )
+        return out
 
     def fabric(self, callback_list: list[Any]) -> Any:
         from lightning_fabric import Fabric
@@ -305,8 +331,9 @@ class _StageSetup:
         steps = math.ceil(len(train_loader) / member.accumulate)
         scheduler = build_scheduler(optimizer, member, run.stage, steps)
         ema = ModelEMA(model, member.ema.decay, member.ema.warmup_steps) if member.ema else None
+        mean = swa.averaged_model(model) if member.swa is not None else None
         module, fabric_optimizer = fabric.setup(model, optimizer)
-        state = TrainState(model, optimizer, scheduler, ema, fabric.strategy.precision)
+        state = TrainState(model, optimizer, scheduler, ema, fabric.strategy.precision, swa=mean)
         _resume(fabric, state, run)
         loss_spec = member.loss.spec()
         loss_fn = build_loss(loss_spec).to(fabric.device)

@@ -5,10 +5,11 @@ Scores are Kaggle's: mean over images of Dice at full resolution (probabilities 
 to the mask's size, as 06 does). The parts, each importable on its own:
 
 - `stages`: the leaderboard and the stage each member contributes (`runs.find_stages` finds them);
-- `oof`: the members' OOF probabilities, stored or re-predicted with hflip TTA on/off (`OOFSet`);
+- `oof`: the members' OOF probabilities, stored or re-predicted under TTA settings (`OOFSet`);
 - `scoring`: per-image Dice from histograms (a threshold grid in one pass), and the Dice of the
   masks 06 actually writes (`submitted_score`);
 - `search`: weights and threshold by coordinate ascent, cross-validated by car;
+- `tta_choice`: the TTA setting 05 records, each candidate scored on OOF (`choose_tta`);
 - `spec`: ensemble.yaml, written here and read by 06.
 
 Inference (loading checkpoints, the TTA forward, the blend) is `kaggle_utils.inference`, shared
@@ -32,6 +33,7 @@ from kaggle_utils.ensemble.oof import (
     probability_sources,
     read_oof,
     repredict,
+    repredict_settings,
 )
 from kaggle_utils.ensemble.scoring import (
     dice_from_hist,
@@ -58,7 +60,8 @@ from kaggle_utils.ensemble.spec import (
     submit_ensemble,
     write_ensemble,
 )
-from kaggle_utils.ensemble.stages import leaderboard, pick_stages
+from kaggle_utils.ensemble.stages import SnapshotStage, leaderboard, pick_stages, snapshot_stages
+from kaggle_utils.ensemble.tta_choice import choose_tta
 from kaggle_utils.runs import FinishedStage, find_stages, member_names
 
 __all__ = [
@@ -69,10 +72,12 @@ __all__ = [
     "FinishedStage",
     "OOFSet",
     "Prepared",
+    "SnapshotStage",
     "angle_of",
     "car_of",
     "choice_scores",
     "choose",
+    "choose_tta",
     "cross_validate",
     "default_spec",
     "dice_from_hist",
@@ -91,9 +96,11 @@ __all__ = [
     "read_ensemble",
     "read_oof",
     "repredict",
+    "repredict_settings",
     "score",
     "settings_table",
     "single_thread",
+    "snapshot_stages",
     "split_cars",
     "submit_ensemble",
     "submitted_score",

@@ -1,11 +1,12 @@
 """Out-of-fold probabilities: read the PNGs the training loop stored, or re-predict the
-validation images with each stage's checkpoint (hflip TTA on or off), aligned across members.
+validation images with each stage's checkpoint under TTA settings (`kaggle_utils.tta`), aligned
+across members.
 
-hflip TTA: stored OOF predictions (<run_dir>/<member>/<stage>/oof/*.png) are whatever the training
-loop saved (mirror-averaged only for members with `val_tta`), so TTA on/off is scored by
-re-predicting the validation images with the stage's checkpoint (`repredict`), which is also the
-probability source the weight search uses when the ensemble submits with TTA: what is tuned is
-what is submitted.
+TTA: stored OOF predictions (<run_dir>/<member>/<stage>/oof/*.png) are whatever the training
+loop saved (mirror-averaged only for members with `val_tta`), so each candidate TTA setting is
+scored by re-predicting the validation images with the stage's checkpoint (`repredict`), which is
+also the probability source the weight search uses for the setting 05 picks: what is tuned is
+what is submitted. Candidates share their forwards (`repredict_settings`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,20 @@ import torch
 import torch.nn.functional as F
 
 from kaggle_utils.ensemble.base import BINS, car_of, single_thread
-from kaggle_utils.inference import forward_probs, load_members, normalise, pick_device
+from kaggle_utils.inference import forward_tta_probs, load_members, normalise, pick_device
 from kaggle_utils.precision import precision_for
 from kaggle_utils.runs import FinishedStage
+from kaggle_utils.tta import TTASetting, parse_setting
 
-__all__ = ["OOFSet", "Prepared", "oof_set", "probability_sources", "read_oof", "repredict"]
+__all__ = [
+    "OOFSet",
+    "Prepared",
+    "oof_set",
+    "probability_sources",
+    "read_oof",
+    "repredict",
+    "repredict_settings",
+]
 
 
 def read_oof(stage: FinishedStage, ids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -46,32 +56,52 @@ def read_oof(stage: FinishedStage, ids: Sequence[str] | None = None) -> dict[str
     return out
 
 
-@torch.inference_mode()
 def repredict(
     checkpoint: str | os.PathLike,
     data: Any,
     ids: Sequence[str],
-    tta: bool,
+    tta: bool | str | Sequence[str] | TTASetting,
     device: str | torch.device | None = "cpu",
     batch_size: int = 8,
     amp: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Probabilities {id: uint8 (h, w)} for train images from a member checkpoint, hflip TTA
-    optional: `inference.forward_probs` under 06's precision (mixed on CUDA unless amp=False,
-    fp32 on the CPU), so what 05 tunes on is what 06 submits."""
+    """Probabilities {id: uint8 (h, w)} for train images from a member checkpoint under one TTA
+    setting (a bool: hflip on/off, or any `kaggle_utils.tta` setting)."""
+    setting = parse_setting(tta)
+    got = repredict_settings(checkpoint, data, ids, [setting], device, batch_size, amp)
+    return got[setting.label]
+
+
+@torch.inference_mode()
+def repredict_settings(
+    checkpoint: str | os.PathLike,
+    data: Any,
+    ids: Sequence[str],
+    settings: Sequence[Any],
+    device: str | torch.device | None = "cpu",
+    batch_size: int = 8,
+    amp: bool = True,
+) -> dict[str, dict[str, np.ndarray]]:
+    """{setting label: {id: uint8 (h, w)}} for train images from a member checkpoint:
+    `inference.forward_tta_probs` under 06's precision (mixed on CUDA unless amp=False, fp32 on
+    the CPU), so what 05 tunes on is what 06 submits. Settings sharing a group of transforms
+    (hflip and hflip+scales share [x, flip(x)]) share its forward."""
     dev = pick_device(device)
     (member,) = load_members([checkpoint], device=dev)
     precision = precision_for(dev, amp=amp)
-    out: dict[str, np.ndarray] = {}
+    parsed = [parse_setting(s) for s in settings]
+    out: dict[str, dict[str, np.ndarray]] = {s.label: {} for s in parsed}
     ids = list(ids)
     with single_thread(dev):
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
             imgs = np.stack([data.load_image(i, split="train", size=member.size) for i in chunk])
             x = normalise(torch.from_numpy(imgs).permute(0, 3, 1, 2), dev)
-            p = forward_probs(member.model, x, tta=tta, precision=precision)[:, 0]
-            u8 = (p * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-            out.update(zip(chunk, u8, strict=True))
+            cache: dict = {}
+            for s in parsed:
+                p = forward_tta_probs(member.model, x, s, precision=precision, cache=cache)[:, 0]
+                u8 = (p * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+                out[s.label].update(zip(chunk, u8, strict=True))
     return out
 
 
@@ -205,23 +235,23 @@ def probability_sources(
     stages: Sequence[FinishedStage],
     data: Any,
     *,
-    tta: Sequence[str] = ("none", "hflip"),
+    tta: Sequence[Any] = ("none", "hflip"),
     device: str = "cpu",
     max_images: int | None = None,
 ) -> dict[str, OOFSet]:
     """OOF sets per setting: "stored" (the training loop's PNGs, TTA as each member's `val_tta`)
-    and the validation images re-predicted by each checkpoint with hflip TTA off ("none") and on
-    ("hflip")."""
-    out = {"stored": oof_set(stages, data, source="oof", max_images=max_images)}
-    for setting in tta:
-        if setting not in ("none", "hflip"):
-            raise ValueError(f"tta setting {setting!r}: choose 'none' or 'hflip'")
-        out[setting] = oof_set(
-            stages,
-            data,
-            source="repredict",
-            tta=setting == "hflip",
-            device=device,
-            max_images=max_images,
-        )
+    and the validation images re-predicted by each checkpoint under each candidate TTA setting
+    (keyed by its label: "none", "hflip", "hflip+scales", "identity+scale_1.125", ...)."""
+    stored = oof_set(stages, data, source="oof", max_images=max_images)
+    out = {"stored": stored}
+    settings = [parse_setting(s) for s in tta]
+    if not settings:
+        return out
+    per_stage = [
+        repredict_settings(s.checkpoint, data, stored.ids, settings, device=device) for s in stages
+    ]
+    members = [s.member for s in stages]
+    for setting in settings:
+        probs = [got[setting.label] for got in per_stage]
+        out[setting.label] = OOFSet(members, list(stored.ids), probs, data, device)
     return out

@@ -15,6 +15,7 @@ import numpy as np
 from kaggle_utils.ensemble.search import Choice
 from kaggle_utils.ensemble.stages import pick_stages
 from kaggle_utils.runs import FinishedStage, find_stages
+from kaggle_utils.tta import parse_setting
 
 __all__ = ["default_spec", "ensemble_spec", "read_ensemble", "submit_ensemble", "write_ensemble"]
 
@@ -25,7 +26,7 @@ def ensemble_spec(
     run_dir: str | os.PathLike,
     *,
     name: str = "ensemble",
-    tta: bool = True,
+    tta: Any = True,
     mode: str = "mean",
     largest_component: bool = False,
     guided_filter: Any = None,
@@ -33,7 +34,10 @@ def ensemble_spec(
 ) -> dict:
     """The mapping 06 reads: members (checkpoint relative to run_dir), weights, threshold, tta,
     whether each mask keeps only its largest component, and the guided upsampling (``refine``;
-    a ``GuidedFilterConfig``, its dict or None)."""
+    a ``GuidedFilterConfig``, its dict or None).
+
+    tta: any `kaggle_utils.tta` setting; recorded as true / false for hflip / none (what older
+    specs hold) and as the list of transform names otherwise (`TTASetting.record`)."""
     run_dir = Path(run_dir).resolve()
     members = []
     for s, w in zip(stages, choice.weights, strict=True):
@@ -57,7 +61,7 @@ def ensemble_spec(
         "name": name,
         "combine": mode,
         "threshold": round(float(choice.threshold), 4),
-        "tta": bool(tta),
+        "tta": parse_setting(tta).record,
         "largest_component": bool(largest_component),
         "guided_filter": _as_dict(guided_filter),
         "oof_dice": round(float(choice.dice), 6),
@@ -95,6 +99,10 @@ def read_ensemble(path: str | os.PathLike) -> dict:
     for i, m in enumerate(spec["members"]):
         if "checkpoint" not in m:
             raise ValueError(f"{path}: members[{i}] has no 'checkpoint'")
+    try:
+        parse_setting(spec.get("tta", True))
+    except ValueError as exc:
+        raise ValueError(f"{path}: key 'tta': {exc}") from None
     return spec
 
 

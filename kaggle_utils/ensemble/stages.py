@@ -1,9 +1,11 @@
 """The run folder as 05 sees it: a leaderboard of every trained (member, stage) and the stage
-each member contributes. Finding the stages is `runs.find_stages` (torch-free)."""
+each member contributes. Finding the stages is `runs.find_stages` (torch-free); a stage's
+snapshot checkpoints (engine.snapshots) are extra candidates (`snapshot_stages`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,7 @@ import pandas as pd
 
 from kaggle_utils.runs import FinishedStage, find_stages
 
-__all__ = ["leaderboard", "pick_stages"]
+__all__ = ["SnapshotStage", "leaderboard", "pick_stages", "snapshot_stages"]
 
 
 def _model_summary(stage: FinishedStage) -> dict[str, Any]:
@@ -71,3 +73,51 @@ def pick_stages(stages: Sequence[FinishedStage], how: str = "best") -> list[Fini
         else:
             picked.append(max(runs, key=lambda r: np.nan_to_num(r.cv_dice, nan=-1.0)))
     return sorted(picked, key=lambda r: r.member)
+
+
+@dataclass
+class SnapshotStage(FinishedStage):
+    """A snapshot of a stage (`<stage>/snapshots/epoch_NN.pt`, written by engine.snapshots in
+    best.pt's format, with its OOF in `epoch_NN_oof/`) as a candidate in its own right: 05 reads,
+    re-predicts, weighs and writes it to ensemble.yaml exactly as a stage."""
+
+    snapshot: str = ""  # "epoch_08"
+
+    @property
+    def checkpoint(self) -> Any:
+        return self.path / "snapshots" / f"{self.snapshot}.pt"
+
+    @property
+    def oof_dir(self) -> Any:
+        return self.path / "snapshots" / f"{self.snapshot}_oof"
+
+    def oof_ids(self) -> list[str]:
+        oof_csv = self.oof_dir / "oof.csv"
+        if not oof_csv.is_file():
+            return []
+        ids = pd.read_csv(oof_csv, usecols=["id"])["id"].astype(str)
+        return sorted(i for i in ids if (self.oof_dir / f"{i}.png").is_file())
+
+    @property
+    def cv_dice(self) -> float:
+        oof_csv = self.oof_dir / "oof.csv"
+        return float(pd.read_csv(oof_csv)["dice"].mean()) if oof_csv.is_file() else float("nan")
+
+
+def snapshot_stages(stages: Sequence[FinishedStage]) -> list[SnapshotStage]:
+    """The snapshots of `stages` that have their OOF, named "<member>@<s1>/<epoch_NN>" (the
+    stage's number), the stage's own sizes and parameters."""
+    out = []
+    for s in stages:
+        for pt in sorted((s.path / "snapshots").glob("epoch_*.pt")):
+            snap = SnapshotStage(
+                f"{s.member}@{s.stage.split('_')[0]}/{pt.stem}",
+                s.stage,
+                s.path,
+                {k: v for k, v in s.metrics.items() if k == "size"},
+                s.params,
+                snapshot=pt.stem,
+            )
+            if snap.oof_ids():
+                out.append(snap)
+    return out
