@@ -12,6 +12,9 @@ the report rewritten after each, the log (<out>/gpu_suite.log) written as it goe
    pass/fail per test from its JUnit XML.
 2. train_throughput: refinenet_v4/resnet34 at 1024x1024 through the engine's step, fp32 against
    AMP + channels_last, each at the batch that fills the card (bench/gpu_train_throughput.py).
+2b. full_frame: the same step on whole 1280x1918 frames (padded to 1920 inside the model), AMP at
+   the card-filling batch: its GiB per image says whether the 1st-place batch of 4 whole frames
+   fits a T4's 16 GB, or a member needs `crop:` (train_throughput's 1024x1024 is the crop's cost).
 3. quality: params/gpu_suite/refinenet_v4_resnet34.yaml from scratch on the carried training cars,
    512x768 then 1024x1536, the epochs of each chosen to fit a wall budget (--quality-s) from the
    throughput measured; its best_dice is the full-resolution Dice of the validation cars as 06
@@ -262,6 +265,22 @@ def train_throughput(scale: Scale) -> dict[str, Any]:
         ratio = round(amp["images_per_s"] / fp32["images_per_s"], 3)
         return {"size": list(scale.train_size), "fp32": fp32, "amp": amp, "ratio": ratio}
     return gtt.compare(scale.train_size, scale.train_steps, scale.train_batch)
+
+
+def full_frame(scale: Scale) -> dict[str, Any]:
+    """AMP training step on whole frames (1280x1918; toy 64x90 with --cpu-smoke: both pad)."""
+    import gpu_train_throughput as gtt
+
+    if scale.smoke:
+        amp = gtt.engine_throughput((64, 90), 2, "bf16-mixed", True, 2, 1, "cpu")
+        return {"size": [64, 90], "amp": amp}
+    from kaggle_utils.precision import precision_for
+
+    size = (1280, 1918)
+    amp = gtt.measure_filled(size, precision_for("cuda"), True, scale.train_steps, None)
+    per_image = amp.get("per_image_gib")
+    fits = None if per_image is None else amp.get("fixed_gib", 0) + 4 * per_image < 15.0
+    return {"size": list(size), "amp": amp, "batch4_fits_16gib": fits}
 
 
 def smoke_data() -> Path:
@@ -599,6 +618,7 @@ class Suite:
         s = self.scale
         self.section("cuda_tests", lambda: run_cuda_tests(self.out, 240), 60, gpu=False)
         self.section("train_throughput", lambda: train_throughput(s), 60)
+        self.section("full_frame", lambda: full_frame(s), 40)
         self.section("quality", self.quality, s.quality_s + 60)
         q = self.results["quality"]
         ok = q["status"] == "passed"

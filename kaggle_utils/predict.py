@@ -130,7 +130,7 @@ def predict_submission(
     out_path: str | os.PathLike,
     *,
     limit: Any = None,
-    hq: bool = False,
+    hq: bool | None = None,
     tta: bool | str | Sequence[str] | TTASetting = True,
     mode: str = "mean",
     threshold: float = 0.5,
@@ -151,7 +151,8 @@ def predict_submission(
 ) -> PredictResult:
     """Predict every selected test image and write a validated `submission.csv.gz` (resumable).
 
-    data: a `layout.CompetitionData`. limit: see `testset.select_ids`. on_batch(n_done) is
+    data: a `layout.CompetitionData`. limit: see `testset.select_ids`. hq: read test_hq (None:
+    when every member was trained on train_hq, as its checkpoint records). on_batch(n_done) is
     called after each batch is handed to the writer (progress hooks; tests use it to interrupt a
     run for real).
     amp: mixed precision on CUDA (None: on; bf16 where the GPU has it, else fp16, as
@@ -171,6 +172,8 @@ def predict_submission(
     if not members:
         raise ValueError("predict_submission needs at least one member")
     dev = pick_device(device)
+    if hq is None:
+        hq = all(m.info.get("hq") for m in members)
     store, all_ids = ids_to_predict(data, hq, limit)
     ids = select_shard(all_ids, shard, n_shards)  # every id when both are None
     out_shape = image_shape(store, ids[0])  # MASK_SHAPE on Kaggle; smaller synthetic sets differ

@@ -169,7 +169,8 @@ def predict_test_probs(
     device: str | torch.device | None = None,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(id, float32 (H, W) probability at `size`) per test image: each member at its own size,
-    the weighted mean blended at `size` (`inference.ensemble_probs`, the forward 05/06 run)."""
+    the weighted mean blended at `size` (`inference.ensemble_probs`, the forward 05/06 run);
+    from test_hq when every member trained on hq photos, as 06 predicts."""
     from kaggle_utils.inference import ensemble_probs, normalise, pick_device
     from kaggle_utils.precision import precision_for
     from kaggle_utils.testset import TestImages
@@ -182,7 +183,7 @@ def predict_test_probs(
         m.model.to(dev).eval()
     names = [f"{i}.jpg" for i in ids]
     loader = DataLoader(
-        TestImages(data.image_store("test"), names, sizes),
+        TestImages(data.image_store("test", all(m.info.get("hq") for m in members)), names, sizes),
         batch_size=batch_size,
         num_workers=num_workers,
     )
@@ -345,10 +346,11 @@ class PseudoLabelDataset(Dataset):
         size: tuple[int, int],
         transform: Any = None,
         soft_masks: bool = True,
+        hq: bool = False,
     ):
         self.data, self.labels, self.ids = data, labels, list(labels.ids)
         self.size = (int(size[0]), int(size[1]))
-        self.transform, self.soft_masks = transform, soft_masks
+        self.transform, self.soft_masks, self.hq = transform, soft_masks, hq
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -371,7 +373,7 @@ class PseudoLabelDataset(Dataset):
         from kaggle_utils.dataset import mask_tensor, normalize_image
 
         image_id = self.ids[i]
-        image = self.data.load_image(image_id, "test", self.size)
+        image = self.data.load_image(image_id, "test", self.size, hq=self.hq)
         mask = self.target(image_id)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
@@ -414,12 +416,13 @@ def add_to_stage(
     size: tuple[int, int],
     soft_masks: bool,
     where: str,
+    hq: bool = False,
 ) -> PseudoLabels:
-    """Load and check the stage key's pseudo-labels and append them to its training set."""
+    """Load and check the stage key's pseudo-labels and append them to its training set (the
+    test_hq photos when the member trains on hq)."""
     labels = load_pseudo_labels(cfg, run_dir, data, val_index, where)
-    with_pseudo_labels(
-        train_ds, PseudoLabelDataset(data, labels, size, train_ds.transform, soft_masks)
-    )
+    pseudo = PseudoLabelDataset(data, labels, size, train_ds.transform, soft_masks, hq)
+    with_pseudo_labels(train_ds, pseudo)
     return labels
 
 

@@ -92,7 +92,7 @@ def save_fingerprint(out_path: Path, members: Sequence[Member], **settings: Any)
 
 
 def resume_settings(
-    tta: bool,
+    tta: bool | list[str],
     mode: str,
     threshold: float,
     largest_component: bool,

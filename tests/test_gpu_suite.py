@@ -20,7 +20,7 @@ import gpu_suite  # noqa: E402
 
 from kaggle_utils.kernels import budget  # noqa: E402
 
-GPU_SECTIONS = ("train_throughput", "quality", "submit_path", "device_predict")
+GPU_SECTIONS = ("train_throughput", "full_frame", "quality", "submit_path", "device_predict")
 
 
 def run_suite(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

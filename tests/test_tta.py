@@ -155,6 +155,22 @@ def test_05_chooses_on_oof_records_the_setting_and_06_applies_it(run_dir, data, 
     assert subs[str(forced.names)] not in (subs["none"], subs["hflip"])
 
 
+def test_with_06_post_processing_candidates_rank_by_the_masks_06_writes(run_dir, data):
+    """The search's bilinear Dice can rank settings differently from the masks 06 writes after
+    guided upsampling and the largest component: the choice follows what is submitted."""
+    candidates = ["none", "hflip"]
+    stages = E.pick_stages(E.find_stages(run_dir))
+    sources = E.probability_sources(stages, data, tta=candidates, max_images=4)
+    post = {"largest_component": True, "guided_filter": {"scale": 2, "radius": 2, "eps": 1e-4}}
+    _, _, table = E.choose_tta(sources, candidates, min_gain=0.0, **post)
+    for _, row in table.iterrows():
+        c = E.choose(sources[row["tta"]])
+        written = E.submitted_score(sources[row["tta"]], c.weights, c.threshold, **post)
+        assert row["submitted_dice"] == pytest.approx(written["dice"].mean(), abs=1e-12)
+    best = table["submitted_dice"].idxmax()
+    assert table.loc[best, "chosen"]  # min_gain 0: the best written Dice wins outright
+
+
 def test_ensemble_files_and_specs_written_before_settings_still_load(repo_root, tmp_path):
     for name in ("demo", "cpu_sample", "carvana"):
         cfg = load_ensemble(repo_root / "params" / name / "ensemble.yaml")

@@ -206,7 +206,10 @@ class GuidedFilterConfig(_Strict):
 
 # Keys added after members were trained: at their default they stay out of `params_hash`, so the
 # stages users finished before a key existed are not retrained (key -> its default).
-ADDED_MEMBER_KEYS: dict[str, Any] = {"guided_filter": None, "hq": False, "corrected_masks": None,
+ADDED_MEMBER_KEYS: dict[str, Any] = {
+    "guided_filter": None,
+    "hq": False,
+    "corrected_masks": None,
     "snapshots": False,
     "swa": None,
 }

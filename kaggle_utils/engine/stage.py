@@ -144,6 +144,11 @@ def prepare_stage(
     train, val, source = make_split(index, member, fold, run_dir)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"split {source} left {len(train)} train / {len(val)} val images")
+    if (pseudo := member.stages[stage].pseudo_labels) is not None:  # checked before any write
+        from kaggle_utils.pseudo import load_pseudo_labels
+
+        where = f"{member_file} stages[{stage}].pseudo_labels"
+        load_pseudo_labels(pseudo, run_path, data, val, where)
     return StageRun(
         member=member,
         member_file=Path(member_file),

@@ -171,7 +171,7 @@ class _StageSetup:
             where = f"{run.member_file} stages[{run.stage}].pseudo_labels"
             self.pseudo = add_to_stage(
                 self.train_ds, pseudo_cfg, run.run_dir, run.data, run.val_index, run.size,
-                member.soft_masks, where,
+                member.soft_masks, where, member.hq,
             )  # fmt: skip
         gf = member.guided_filter
         ids = self.val_ids if self.rank == 0 else [str(i) for i in my_val["id"]]
@@ -220,6 +220,7 @@ class _StageSetup:
             "largest_component": member.largest_component,
             "val_tta": member.val_tta,
             "guided_filter": gf.model_dump() if gf else None,
+            "hq": member.hq,  # 05 and 06 read train_hq / test_hq for this checkpoint
         }
 
     def metrics_fields(self) -> dict[str, Any]:
@@ -229,7 +230,6 @@ class _StageSetup:
             **self.meta(),
             "size": list(run.size),
             "crop": list(crop) if (crop := member.stages[run.stage].crop) else None,
-            "hq": member.hq,
             "dice_resolution": self.masks.label,
             "epochs": member.stages[run.stage].epochs,
             "n_train": len(run.train_index),

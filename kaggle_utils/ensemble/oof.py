@@ -88,6 +88,7 @@ def repredict_settings(
     (hflip and hflip+scales share [x, flip(x)]) share its forward."""
     dev = pick_device(device)
     (member,) = load_members([checkpoint], device=dev)
+    hq = bool(member.info.get("hq"))  # trained on train_hq: scored on those photos too
     precision = precision_for(dev, amp=amp)
     parsed = [parse_setting(s) for s in settings]
     out: dict[str, dict[str, np.ndarray]] = {s.label: {} for s in parsed}
@@ -95,7 +96,7 @@ def repredict_settings(
     with single_thread(dev):
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
-            imgs = np.stack([data.load_image(i, split="train", size=member.size) for i in chunk])
+            imgs = np.stack([data.load_image(i, "train", member.size, hq=hq) for i in chunk])
             x = normalise(torch.from_numpy(imgs).permute(0, 3, 1, 2), dev)
             cache: dict = {}
             for s in parsed:

@@ -255,6 +255,14 @@ def _stage_hours(
     )
 
 
+def _tta_forwards(candidates: list[Any], combine: Any) -> int:
+    """Forwards per image of the ensemble file's TTA candidates: 05 scores every candidate
+    (`sum`), 06 runs the one 05 chose, at most the dearest (`max`); at least one forward."""
+    from kaggle_utils.tta import parse_setting
+
+    return max(1, combine(parse_setting(c).forwards for c in candidates) if candidates else 1)
+
+
 def _predict_hours(models: list[Any], n_images: int, tta: int, rates: Rates) -> float:
     cost = sum(member_cost(m, m.stages[-1].size, rates.predict_size) for m in models)
     return n_images * cost * (tta / TTA_FORWARDS) / rates.predict / 3600
@@ -313,11 +321,11 @@ def plan_budget(
             n_val = CARVANA_TRAIN_IMAGES - round(
                 CARVANA_TRAIN_IMAGES * (ens.n_folds - 1) / ens.n_folds
             )
-            hours = _predict_hours(models, n_val, len(ens.tta), rates)
+            hours = _predict_hours(models, n_val, _tta_forwards(ens.tta, sum), rates)
             details = [f"{n_val:,} validation images x {len(models)} models, TTA {ens.tta}"]
         else:  # 06: the test set, or its shard; the merge of shards only joins files
             n_test = _test_images_of(spec)
-            hours = _predict_hours(models, n_test, len(ens.tta), rates)
+            hours = _predict_hours(models, n_test, _tta_forwards(ens.tta, max), rates)
             details = [f"{n_test:,} test images x {len(models)} models, TTA {ens.tta}"]
         estimates.append(KernelEstimate(spec.slug, spec.machine_shape, hours, rates.basis, details))
     return Budget(ens.name, estimates, rules)
