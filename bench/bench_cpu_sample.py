@@ -1,9 +1,11 @@
-"""The real-sample CPU config (issue 4): Dice reached on 12 held-out cars and the time it took.
+"""The real-sample CPU config (issues 4, 17): Dice reached on 12 held-out cars and the time it took.
 
-Trains `params/cpu_sample` (its one member, from scratch, 64x96 -> 128x192 -> 192x288; 36 train /
+Trains `params/cpu_sample` (its one member, from scratch, 64x96 -> 128x192 -> 192x288 crops of
+288x432 frames; 36 train /
 12 validation cars by car) through the real path -- `kaggle_utils.pipeline --only 04`, which runs
 04_stage_up and 03 per stage with papermill -- and prints each stage's full-resolution Dice and
-time, the wall time of the whole run and the target (Dice >= 0.988 in < 15 min on 2 cores).
+time, the wall time of the whole run and the target (Dice >= 0.990 in <= 15 min on 2 cores
+without AMX, no pretrained weights).
 
 Finished stages are skipped, so a second run only reports; `--fresh` retrains from scratch.
 `--quick` (make bench-quick) only reports a finished run and never trains.

@@ -44,7 +44,7 @@ SAMPLE = Path(
     os.environ.get("CARVANA_SAMPLE")
     or (_SIBLING if _SIBLING.is_dir() else "/work/shared/carvana_sample")
 )
-DEFAULT_MEMBER = Path("/work/main/runs/cpu_sample/refinenet_v4_resnet18/s3_192x288/best.pt")
+DEFAULT_MEMBER = Path("/work/main/runs/cpu_sample/refinenet_v4_resnet18/s3_288x432/best.pt")
 
 
 def rle_row_bytes(rows: list[str]) -> float:

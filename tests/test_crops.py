@@ -178,3 +178,36 @@ def test_crop_is_last_so_shifts_act_on_the_whole_frame():
     assert [type(t).__name__ for t in aug.transforms][-1] == "RandomCrop"
     out = aug(image=np.zeros((64, 96, 3), np.uint8), mask=np.zeros((64, 96), np.uint8))
     assert out["image"].shape == (32, 64, 3) and out["mask"].shape == (32, 64)
+
+
+def test_real_frames_at_their_own_size_crop_exactly_and_predict_whole(real_sample):
+    """Real 1918x1280 JPEGs and GIF masks: a stage at the frame's own size decodes and keeps
+    masks with no resize, its crops are windows of that frame, and the model's output on the
+    whole frame (padded to 1920 inside) is exactly the frame's size."""
+    from _tiny_run import TINY_SPEC
+
+    from kaggle_utils.constants import MASK_SHAPE
+    from kaggle_utils.dataset import resize_mask
+    from kaggle_utils.index import train_index
+    from kaggle_utils.models import build_model
+
+    data = CompetitionData(real_sample)
+    index = train_index(data).head(2)
+    member = load_member_text(TINY.replace("hflip: 0.5", "hflip: false"))
+    train, val = build_datasets(data, member, index, index, MASK_SHAPE, crop=(256, 512))
+    for i, image_id in enumerate(index["id"]):
+        truth = data.load_mask(image_id)
+        assert np.array_equal(resize_mask(truth, MASK_SHAPE), truth)  # no resize at 1280x1918
+        whole = val[i]
+        assert tuple(whole["mask"].shape) == (1, *MASK_SHAPE)
+        crop = train[i]
+        frame_mask, crop_mask = whole["mask"][0].numpy(), crop["mask"][0].numpy()
+        found = cv2.matchTemplate(
+            whole["image"][0].numpy(), crop["image"][0].numpy(), cv2.TM_SQDIFF
+        )
+        y, x = np.unravel_index(int(found.argmin()), found.shape)
+        assert np.array_equal(frame_mask[y : y + 256, x : x + 512], crop_mask)
+    model = build_model(TINY_SPEC).eval()
+    with torch.no_grad():
+        out = model(val[0]["image"][None])
+    assert tuple(out.shape) == (1, 1, *MASK_SHAPE)
