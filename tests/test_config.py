@@ -43,8 +43,10 @@ def test_shipped_params_validate(path):
         assert all(p.is_file() for p in ens.member_paths())
     else:
         member = load_member(full)
+        # any frame size (the model pads to a multiple of 32 and crops back, e.g. the whole
+        # 1280x1918 frame); the training crops, where the steps are spent, never need padding
         assert member.stages and all(
-            h % 32 == 0 and w % 32 == 0 for h, w in (s.size for s in member.stages)
+            s.crop is None or (s.crop[0] % 32 == 0 and s.crop[1] % 32 == 0) for s in member.stages
         )
 
 
@@ -53,8 +55,9 @@ def test_full_scale_curriculum_is_the_seeds():
     assert [member.stage_name(i) for i in range(3)] == [
         "s1_1024x1024",
         "s2_1152x1152",
-        "s3_1280x1792",
+        "s3_1280x1918",  # the whole frame, trained on 1024x1024 crops (1st place)
     ]
+    assert member.stages[2].crop == (1024, 1024) and member.hq
     assert member.model.spec()["arch"] == "refinenet_v4" and member.model.encoder == "resnet34"
 
 
@@ -298,7 +301,13 @@ def test_params_hash_is_unchanged_by_the_schemas():
     assert unet.params_hash(0) == "773e4b4076ec2f15"
     assert unet.params_hash(1) == "55b917469a9c51e0"
     assert refinenet.params_hash(0) == "4fe80b8e19340207"
-    assert refinenet.params_hash(2) == "1ff33728811ced0a"
+    assert refinenet.params_hash(1) == "17ab4b0ab5049fb0"
+    old_third = {"size": "192x288", "epochs": 6, "lr": 0.0005, "warmup_epochs": 0}  # issue 17's
+    before = load_member(  # the third stage before crops: the new keys at defaults keep its hash
+        REPO / "params/cpu_sample/refinenet_v4_resnet18.yaml",
+        {"stages": [*refinenet.model_dump()["stages"][:2], old_third]},
+    )
+    assert before.params_hash(2) == "1ff33728811ced0a"
     assert load_member(REPO / "params/demo/refinenet_v4_resnet18.yaml").params_hash(0) == (
         "2cf07db25ccfeb52"
     )
