@@ -27,8 +27,11 @@ from kaggle_utils.config.member import (
     GuidedFilterConfig,
     MemberConfig,
     OptimizerConfig,
+    PseudoLabelsConfig,
     ScheduleConfig,
     StageConfig,
+    SWAConfig,
+    parse_crop,
     parse_size,
 )
 from kaggle_utils.config.member import _Strict as _Strict  # the base the schemas share
@@ -46,6 +49,8 @@ __all__ = [
     "MemberConfig",
     "ModelConfig",
     "OptimizerConfig",
+    "PseudoLabelsConfig",
+    "SWAConfig",
     "ScheduleConfig",
     "StageConfig",
     "UserSpec",
@@ -54,5 +59,6 @@ __all__ = [
     "key_error",
     "load_ensemble",
     "load_member",
+    "parse_crop",
     "parse_size",
 ]
