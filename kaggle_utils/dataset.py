@@ -36,6 +36,7 @@ __all__ = [
     "mask_tensor",
     "normalize_image",
     "resize_mask",
+    "training_item",
 ]
 
 _SCALE = (1.0 / (255.0 * np.asarray(IMAGENET_STD, dtype=np.float32))).astype(np.float32)
@@ -174,15 +175,20 @@ class CachedDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict:
-        image, mask = self.images[i], self.masks[i]
-        if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return {
-            "image": normalize_image(image),
-            "mask": mask_tensor(mask, self.soft_masks),
-            "id": self.ids[i],
-        }
+        return training_item(
+            self.images[i], self.masks[i], self.ids[i], self.transform, self.soft_masks
+        )
+
+
+def training_item(
+    image: np.ndarray, mask: np.ndarray, image_id: str, transform: Any, soft_masks: bool
+) -> dict:
+    """One sample as every training set yields it (cached photos, pseudo-labelled test images):
+    image and mask augmented together, then normalised and made tensors."""
+    if transform is not None:
+        out = transform(image=image, mask=mask)
+        image, mask = out["image"], out["mask"]
+    return {"image": normalize_image(image), "mask": mask_tensor(mask, soft_masks), "id": image_id}
 
 
 class SeededDataset(Dataset):

@@ -53,19 +53,13 @@ class PseudoLabelDataset(Dataset):
         return prob if self.soft_masks else (prob >= 128).astype(np.uint8)
 
     def __getitem__(self, i: int) -> dict:
-        from kaggle_utils.dataset import mask_tensor, normalize_image
+        from kaggle_utils.dataset import training_item
 
         image_id = self.ids[i]
         image = self.data.load_image(image_id, "test", self.size, hq=self.hq)
-        mask = self.target(image_id)
-        if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return {
-            "image": normalize_image(image),
-            "mask": mask_tensor(mask, self.soft_masks),
-            "id": image_id,
-        }
+        return training_item(
+            image, self.target(image_id), image_id, self.transform, self.soft_masks
+        )
 
 
 class _TrainAndPseudo(ConcatDataset):
