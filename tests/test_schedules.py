@@ -226,17 +226,19 @@ def test_05_weighs_snapshots_as_candidates_and_06_loads_them(snapshot_run, small
     data = find_data(small_synthetic)
     stages = E.pick_stages(E.find_stages(snapshot_run), "best")
     snaps = E.snapshot_stages(stages)
-    assert [s.member for s in snaps] == [f"tiny@s1/epoch_0{k}" for k in (1, 2, 3)]
+    best = stages[0].metrics["best_epoch"]  # its snapshot is best.pt's weights: not a candidate
+    kept = [k for k in (1, 2, 3) if k != best]
+    assert [s.member for s in snaps] == [f"tiny@s1/epoch_0{k}" for k in kept]
     candidates = stages + snaps
     oof = E.oof_set(candidates, data, source="oof")
-    assert oof.members == ["tiny", "tiny@s1/epoch_01", "tiny@s1/epoch_02", "tiny@s1/epoch_03"]
+    assert oof.members == ["tiny", *(f"tiny@s1/epoch_0{k}" for k in kept)]
     choice = E.choose(oof)
-    assert len(choice.weights) == 4
+    assert len(choice.weights) == 3
     spec = E.ensemble_spec(candidates, choice, snapshot_run)
-    assert spec["members"][2]["checkpoint"] == f"tiny/{STAGE}/snapshots/epoch_02.pt"
-    assert spec["members"][2]["cv_dice"] == pytest.approx(snaps[1].cv_dice, abs=1e-6)
+    assert spec["members"][1]["checkpoint"] == f"tiny/{STAGE}/snapshots/epoch_0{kept[0]}.pt"
+    assert spec["members"][1]["cv_dice"] == pytest.approx(snaps[0].cv_dice, abs=1e-6)
     spec["members"] = [{**m, "weight": 1.0} for m in spec["members"]]
-    assert len(members_from_ensemble(spec, snapshot_run, device="cpu")) == 4
+    assert len(members_from_ensemble(spec, snapshot_run, device="cpu")) == 3
 
 
 def test_a_fresh_start_drops_snapshots_of_an_earlier_run(small_synthetic, tmp_path):

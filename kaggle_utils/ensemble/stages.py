@@ -106,10 +106,15 @@ class SnapshotStage(FinishedStage):
 
 def snapshot_stages(stages: Sequence[FinishedStage]) -> list[SnapshotStage]:
     """The snapshots of `stages` that have their OOF, named "<member>@<s1>/<epoch_NN>" (the
-    stage's number), the stage's own sizes and parameters."""
+    stage's number), the stage's own sizes and parameters. A snapshot of the stage's best epoch
+    holds best.pt's weights (unless SWA replaced them): a second copy of a candidate, left out."""
     out = []
     for s in stages:
+        best = s.metrics.get("best_epoch")
+        same = f"epoch_{int(best):02d}" if best and not (s.path / "swa.pt").is_file() else None
         for pt in sorted((s.path / "snapshots").glob("epoch_*.pt")):
+            if pt.stem == same:
+                continue
             snap = SnapshotStage(
                 f"{s.member}@{s.stage.split('_')[0]}/{pt.stem}",
                 s.stage,
