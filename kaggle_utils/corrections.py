@@ -259,6 +259,31 @@ def corrections_record(corrections: Corrections | None, train_ids, val_ids) -> d
     }
 
 
+def with_stage_corrections(data: CompetitionData, records: list[dict | None]) -> CompetitionData:
+    """The data 05 scores an ensemble on: the masks its stages trained and validated against.
+
+    records: each stage's metrics.json ``corrected_masks`` (None: the competition's masks). One
+    set of corrections is applied to all; stages trained on different corrections (or some on
+    none) are refused, naming the sources, since their OOF Dice would each mean another truth."""
+    kinds = {None if r is None else r["sha256"]: r for r in records}
+    if len(kinds) > 1:
+        named = sorted(str(r["source"]) if r else "the competition's masks" for r in kinds.values())
+        raise CorrectionsError(
+            f"the stages to ensemble were validated on different masks ({', '.join(named)}): "
+            "train every member with the same corrected_masks (or none) to compare their OOF"
+        )
+    record = next(iter(kinds.values()), None)
+    if record is None:
+        return data
+    corrections = load_corrections(record["source"], data)
+    if corrections.digest != record["sha256"]:
+        raise CorrectionsError(
+            f"{record['source']} changed since the stages trained on it (content hash "
+            f"{corrections.digest} vs {record['sha256']}): retrain them, or restore the file"
+        )
+    return apply_corrections(data, corrections)
+
+
 def corrections_report(data: CompetitionData, corrections: Corrections) -> pd.DataFrame:
     """Per corrected id: car pixels of the competition's mask and the corrected one, pixels added
     and removed, and the Dice between the two (NaN old values where the competition has none)."""

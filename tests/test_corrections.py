@@ -245,3 +245,24 @@ def test_report_on_the_real_sample_sees_a_real_edit(real_sample, tmp_path):
     assert corr.shapes[image_id] == (1280, 1918)
     row = corrections_report(data, corr).iloc[0]
     assert row["added"] == int((new & ~old).sum()) and row["removed"] == int((old & ~new).sum())
+
+
+def test_05_scores_on_the_masks_the_stages_trained_on(synth, fixed, tmp_path):
+    """05 applies the stages' corrections to its truth; mixed or changed corrections refuse."""
+    from kaggle_utils.corrections import corrections_record, with_stage_corrections
+
+    folder, csv, image_id, old, new = fixed
+    data = CompetitionData(synth)
+    assert with_stage_corrections(data, [None, None]) is data
+    record = corrections_record(load_corrections(folder, data), [image_id], [])
+    scored = with_stage_corrections(data, [record, json.loads(json.dumps(record))])
+    assert np.array_equal(scored.load_mask(image_id), new)
+    assert np.array_equal(data.load_mask(image_id), old)
+    with pytest.raises(CorrectionsError, match=r"different masks.*competition's masks"):
+        with_stage_corrections(data, [record, None])
+    moved = tmp_path / "fixed"
+    shutil.copytree(folder, moved)
+    (moved / f"{image_id}_mask.gif").write_bytes(encode_mask_gif(old))
+    changed = {**record, "source": str(moved)}
+    with pytest.raises(CorrectionsError, match=r"changed since the stages trained on it"):
+        with_stage_corrections(data, [changed])
