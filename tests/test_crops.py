@@ -211,3 +211,34 @@ def test_real_frames_at_their_own_size_crop_exactly_and_predict_whole(real_sampl
     with torch.no_grad():
         out = model(val[0]["image"][None])
     assert tuple(out.shape) == (1, 1, *MASK_SHAPE)
+
+
+def test_a_member_trained_on_hq_is_scored_and_submitted_from_the_hq_photos(hq_synthetic, tmp_path):
+    """The checkpoint says hq: 05 re-predicts train_hq and 06 reads test_hq (here black photos,
+    so the maps equal the model's answer to a black frame), unless told otherwise."""
+    from _tiny_run import TINY_SPEC
+
+    from kaggle_utils import predict as P
+    from kaggle_utils.checkpoint import save_checkpoint
+    from kaggle_utils.ensemble.oof import repredict
+    from kaggle_utils.inference import forward_probs, load_members, normalise
+    from kaggle_utils.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(TINY_SPEC).eval()
+    pt = save_checkpoint(
+        tmp_path / "best.pt", model, model_spec=TINY_SPEC, size=(64, 96), epoch=1,
+        extra={"member": "tiny", "hq": True},
+    )  # fmt: skip
+    data = CompetitionData(hq_synthetic)
+    ids = sorted(p.stem for p in hq_synthetic.glob("train/*.jpg"))[:2]
+    black = normalise(torch.zeros(1, 3, 64, 96, dtype=torch.uint8), torch.device("cpu"))
+    expected = (forward_probs(model, black)[0, 0] * 255).round().to(torch.uint8).numpy()
+    got = repredict(pt, data, ids, tta=False)
+    assert all(np.abs(got[i].astype(int) - expected.astype(int)).max() <= 1 for i in ids)
+    members = load_members([pt])
+    kw = {"limit": 2, "batch_size": 2, "num_workers": 0, "progress": False, "tta": False}
+    default = P.predict_submission(members, data, tmp_path / "a.csv.gz", **kw).path.read_bytes()
+    hq = P.predict_submission(members, data, tmp_path / "b.csv.gz", hq=True, **kw)
+    plain = P.predict_submission(members, data, tmp_path / "c.csv.gz", hq=False, **kw)
+    assert default == hq.path.read_bytes() != plain.path.read_bytes()
