@@ -123,7 +123,6 @@ def prepare_stage(
     from kaggle_utils.folds import make_split
     from kaggle_utils.index import train_index, with_masks
     from kaggle_utils.inference import pick_device
-    from kaggle_utils.layout import find_data
 
     member = load_member(member_file, overrides)
     _check_stage_and_fold(member, member_file, stage, fold)
@@ -133,22 +132,14 @@ def prepare_stage(
     _check_world(member, member_file, stage, devices * num_nodes)
     if init_checkpoint and not Path(init_checkpoint).is_file():
         raise FileNotFoundError(f"init_checkpoint not found: {Path(init_checkpoint).resolve()}")
-    data = find_data(data_dir)
-    if member.corrected_masks is not None:  # checked against the data before anything is written
-        from kaggle_utils.corrections import apply_corrections, load_corrections
-
-        data = apply_corrections(data, load_corrections(member.corrected_masks, data))
+    data = _member_data(member, data_dir)
     index = train_index(data)
     index = with_masks(index)  # drops (and counts) images with neither a GIF nor a CSV row
     run_path = resolve_run_dir(run_dir)
     train, val, source = make_split(index, member, fold, run_dir)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"split {source} left {len(train)} train / {len(val)} val images")
-    if (pseudo := member.stages[stage].pseudo_labels) is not None:  # checked before any write
-        from kaggle_utils.pseudo import load_pseudo_labels
-
-        where = f"{member_file} stages[{stage}].pseudo_labels"
-        load_pseudo_labels(pseudo, run_path, data, val, where)
+    _check_pseudo_labels(member, member_file, stage, run_path, data, val)
     return StageRun(
         member=member,
         member_file=Path(member_file),
@@ -167,6 +158,31 @@ def prepare_stage(
         num_nodes=num_nodes,
         time_budget_s=time_budget_s,
     )
+
+
+def _member_data(member: MemberConfig, data_dir: Any) -> Any:
+    """The competition files, with the member's corrected masks applied (checked against the data
+    here, before anything is written)."""
+    from kaggle_utils.layout import find_data
+
+    data = find_data(data_dir)
+    if member.corrected_masks is None:
+        return data
+    from kaggle_utils.corrections import apply_corrections, load_corrections
+
+    return apply_corrections(data, load_corrections(member.corrected_masks, data))
+
+
+def _check_pseudo_labels(
+    member: MemberConfig, member_file: Any, stage: int, run_path: Path, data: Any, val: Any
+) -> None:
+    """A stage's pseudo-label folder, checked before any write (test ids only, no validation car)."""
+    pseudo = member.stages[stage].pseudo_labels
+    if pseudo is None:
+        return
+    from kaggle_utils.pseudo import load_pseudo_labels
+
+    load_pseudo_labels(pseudo, run_path, data, val, f"{member_file} stages[{stage}].pseudo_labels")
 
 
 def _check_stage_and_fold(member: MemberConfig, member_file: Any, stage: int, fold: Any) -> None:
