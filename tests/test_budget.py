@@ -62,6 +62,24 @@ def test_planner_numbers_from_measured_figures(tmp_path):
     assert "measured on Tesla T4 (2026-12-01" in text and "weekly GPU quota" in text
 
 
+def test_a_crop_stage_trains_at_the_crop_cost_and_validates_whole_frames(tmp_path):
+    """The 1st-place full frame on 1024x1024 crops: training images cost the crop's pixels,
+    validation the whole 1280x1918 frame's."""
+    figures = tmp_path / "figures.json"
+    train = {"size": [1024, 1024], "amp_images_per_s": 10.0, "fp32_images_per_s": 4.0}
+    figures.write_text(json.dumps({"Tesla T4": {"date": "2026-12-01", "train": train}}))
+    path = _ensemble(tmp_path)
+    member = json.loads((path.parent / "m1.yaml").read_text())
+    member["stages"] = [{"size": "1280x1918", "crop": "1024x1024", "epochs": 10}]
+    (path.parent / "m1.yaml").write_text(json.dumps(member))
+    budget = plan_budget(path, "NvidiaTeslaT4", figures=figures)
+    train_k = {k.slug: k for k in budget.kernels}["carvana-small-04-m1-f0"]
+    frame = 1280 * 1918 / (1024 * 1024)
+    per_epoch = (3816 * 1.0 + 1272 / TRAIN_FORWARDS * frame) / 10.0
+    assert train_k.hours == pytest.approx(10 * per_epoch / (2 * 0.9) / 3600)
+    assert "crops at cost 1.00" in " ".join(train_k.details)
+
+
 def test_planner_without_figures_labels_its_estimate(tmp_path, capsys):
     ensemble = _ensemble(tmp_path, epochs=400)
     empty = tmp_path / "none.json"

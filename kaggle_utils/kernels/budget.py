@@ -243,15 +243,16 @@ def _stage_hours(
 ) -> tuple[float, str]:
     stage = member.stages[i]
     n_train, n_val = _split_sizes(n_folds, member)
-    cost = member_cost(member, stage.size, rates.train_size)
+    cost = member_cost(member, stage.size, rates.train_size)  # whole frames: validation
+    train_cost = member_cost(member, stage.crop, rates.train_size) if stage.crop else cost
     val_forwards = (2.0 if member.val_tta else 1.0) / TRAIN_FORWARDS / member.val_every
-    seconds = stage.epochs * (n_train + n_val * val_forwards) * cost / rates.train
+    seconds = stage.epochs * (n_train * train_cost + n_val * val_forwards * cost) / rates.train
     speedup = devices * MULTI_GPU_EFFICIENCY if devices > 1 else 1.0
     hours = seconds / speedup / 3600
-    h, w = stage.size
+    crop = f" (crops at cost {train_cost:.2f})" if stage.crop else ""
     return hours, (
         f"{member.stage_name(i)}: {stage.epochs} epochs x ({n_train:,} train + {n_val:,} "
-        f"validation) images at cost {cost:.2f}, {devices} GPU(s) -> {hours:.1f} h"
+        f"validation) images at cost {cost:.2f}{crop}, {devices} GPU(s) -> {hours:.1f} h"
     )
 
 
