@@ -3,7 +3,8 @@
 A transform has a forward (the image batch the model sees) and an inverse (the model's
 probability map back to the original size and orientation); a setting is a list of transforms
 whose de-augmented probabilities are averaged. 05 scores candidate settings on OOF and records
-the one it picks; validation, 05 and 06 all compute it through `tta_probs`.
+the one it picks; 05 and 06 compute it through `tta_probs` (training-time validation keeps the
+mirror average of `val_tta`, `inference.forward_logits`).
 
 Transform names (ttach's aliases `hflip_transform`, `Scale`):
 

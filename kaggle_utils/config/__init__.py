@@ -1,6 +1,6 @@
 """Validated parameter files: one YAML per ensemble member, one per ensemble.
 
-Every mistake in a parameter file (a misspelt key, a wrong type, a size that is not a multiple of 32)
+Every mistake in a parameter file (a misspelt key, a wrong type, a crop larger than its frame)
 fails on load -- before any data is read or any epoch is trained -- with the file, the key and the
 allowed values in the message.
 
