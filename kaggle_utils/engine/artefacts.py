@@ -131,12 +131,17 @@ class OOFWriter:
         engine.best_result = result
         if not engine.fabric.is_global_zero:
             return
-        oof_dir = self.stage_dir / "oof"
-        oof_dir.mkdir(exist_ok=True)
-        for image_id, prob in result.probs.items():
-            _, png = cv2.imencode(".png", prob)
-            atomic_write_bytes(oof_dir / f"{image_id}.png", png.tobytes())
+        write_oof_pngs(self.stage_dir / "oof", result.probs)
         atomic_write_text(self.stage_dir / "oof.csv", result.per_image.to_csv(index=False))
+
+
+def write_oof_pngs(oof_dir: Path, probs: dict[str, Any]) -> None:
+    """<id>.png per validation image (uint8 probabilities at the training size), each atomic:
+    the files 05 reads for a stage (OOFWriter) and for a snapshot (`engine.snapshots`)."""
+    oof_dir.mkdir(parents=True, exist_ok=True)
+    for image_id, prob in probs.items():
+        _, png = cv2.imencode(".png", prob)
+        atomic_write_bytes(oof_dir / f"{image_id}.png", png.tobytes())
 
 
 def _load_best(best_pt: Path, engine: Any) -> Any:

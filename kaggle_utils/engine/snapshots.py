@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import pandas as pd
 
-from kaggle_utils.atomic import atomic_write_bytes, atomic_write_text
+from kaggle_utils.atomic import atomic_write_text
 from kaggle_utils.checkpoint import save_checkpoint
+from kaggle_utils.engine.artefacts import write_oof_pngs
 from kaggle_utils.engine.validation import ValResult
 
 __all__ = ["SNAPSHOTS", "SnapshotCheckpoints", "snapshot_paths", "write_oof"]
@@ -44,10 +44,7 @@ def snapshot_paths(stage_dir: Path, epoch: int) -> tuple[Path, Path]:
 def write_oof(oof_dir: Path, result: ValResult, val_index: pd.DataFrame) -> pd.DataFrame:
     """<id>.png (uint8 probabilities at the training size) and oof.csv (id, dice, car, angle),
     as OOFWriter writes a stage's; oof.csv last, so it only lists PNGs already whole."""
-    oof_dir.mkdir(parents=True, exist_ok=True)
-    for image_id, prob in result.probs.items():
-        _, png = cv2.imencode(".png", prob)
-        atomic_write_bytes(oof_dir / f"{image_id}.png", png.tobytes())
+    write_oof_pngs(oof_dir, result.probs)
     rows = result.per_image.merge(val_index[["id", "car", "angle"]], on="id", how="left")
     atomic_write_text(oof_dir / "oof.csv", rows.to_csv(index=False))
     return rows
