@@ -30,6 +30,7 @@ from kaggle_utils import environment
 from kaggle_utils.constants import MASK_SHAPE
 from kaggle_utils.imageio import ImageDecodeError, decode_mask_gif
 from kaggle_utils.layout import CompetitionData, FileStore
+from kaggle_utils.layout import _stem as _stem  # the image id without .jpg, as layout names it
 from kaggle_utils.rle import rle_decode
 
 __all__ = [
@@ -94,11 +95,6 @@ def resolve_source(path: str | os.PathLike) -> Path:
         "of <id>_mask.gif files or a CSV of img,rle_mask rows, absolute or relative to the project "
         "root"
     )
-
-
-def _stem(image_id: str) -> str:
-    image_id = str(image_id)
-    return image_id[:-4] if image_id.lower().endswith(".jpg") else image_id
 
 
 def _is_csv(path: Path) -> bool:
